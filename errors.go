@@ -1,0 +1,64 @@
+package entraauth
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrNoUsername is returned when no database user name is named in the
+// connection settings and none can be derived from the token. Name the user
+// with the connection string's user, PGUSER or WithUser.
+var ErrNoUsername = errors.New("entraauth: no database user name")
+
+// ErrInsecureTransport is returned, before anything is sent, when a connection
+// would carry the token over TCP without TLS (sslmode=disable, or only
+// plaintext fallbacks left), or without a verified certificate when
+// WithRequireVerifiedTLS is set.
+var ErrInsecureTransport = errors.New("entraauth: refusing to send an access token without TLS")
+
+// ErrMalformedToken is returned when a token is not a decodable JWT, or when a
+// credential returns a token without a usable expiry.
+var ErrMalformedToken = errors.New("entraauth: malformed access token")
+
+// ErrScopeMismatch is returned when one TokenSource is used for servers of
+// different Azure clouds. Use one TokenSource per cloud, or WithScope.
+var ErrScopeMismatch = errors.New("entraauth: token scope does not match the server's cloud")
+
+// ErrInvalidOption is returned when options contradict each other or carry
+// a value that cannot work. NewTokenSource reports it from Token, BeforeConnect
+// and Connect, so a misconfiguration surfaces at the first connect.
+var ErrInvalidOption = errors.New("entraauth: invalid option")
+
+// CredentialError is a failure of the azcore.TokenCredential to produce a
+// token. It unwraps to the credential's own error, so errors.As still reaches
+// azidentity's error types (for example *azidentity.AuthenticationFailedError).
+type CredentialError struct {
+	// Scope is the scope the token was requested for.
+	Scope string
+	// Err is the credential's error.
+	Err error
+}
+
+// Error describes the failure; it never contains a token.
+func (e *CredentialError) Error() string {
+	return fmt.Sprintf("entraauth: getting a token for %s: %v", e.Scope, e.Err)
+}
+
+// Unwrap returns the credential's error.
+func (e *CredentialError) Unwrap() error { return e.Err }
+
+// TokenExpiredError is returned when a credential hands back a token that is
+// already expired, or expires too soon to be used (a clock far off, or a
+// credential's cache serving a stale token). Retrying can help once the
+// credential's cache or the machine's clock is corrected.
+type TokenExpiredError struct {
+	// ExpiresOn is when the token expired.
+	ExpiresOn time.Time
+}
+
+// Error describes the expiry; it never contains a token.
+func (e *TokenExpiredError) Error() string {
+	return fmt.Sprintf("entraauth: the credential returned a token that expired at %s (check the machine's clock)",
+		e.ExpiresOn.UTC().Format(time.RFC3339))
+}

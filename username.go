@@ -1,0 +1,117 @@
+package entraauth
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/user"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// userFor returns the database user for a connection: WithUser's, else the
+// one the connection settings name, else the one derived from the token.
+func (ts *TokenSource) userFor(ctx context.Context, cfg *pgx.ConnConfig, scope string, c *cachedToken) (string, error) {
+	switch {
+	case ts.set.user != "":
+		return ts.set.user, nil
+	case ts.userNamed(cfg):
+		return cfg.User, nil
+	}
+	if p := ts.user.Load(); p != nil {
+		return *p, nil
+	}
+	ch := ts.users.DoChan("user", func() (any, error) { return ts.deriveUser(scope, c.token.Value) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("entraauth: waiting for the user name: %w", context.Cause(ctx))
+	}
+}
+
+// deriveUser finds the user name once per TokenSource: from the database
+// token's name claims, else from the xms_mirid claim of one Azure Resource
+// Manager token of the same cloud (managed identities).
+func (ts *TokenSource) deriveUser(scope, token string) (string, error) {
+	if p := ts.user.Load(); p != nil {
+		return *p, nil
+	}
+	claims, err := parseClaims(token)
+	if err != nil {
+		return "", err
+	}
+	name, source := claims.userName(), "token claims"
+	if name == "" {
+		armScope := armScopeFor(scope)
+		at, err := ts.getToken(armScope)
+		if err != nil {
+			ts.nFailed.Add(1)
+			return "", fmt.Errorf("%w (the database token names no user, so entraauth asked for a Resource Manager token to find a managed identity's name; name the user with WithUser to skip this)", err)
+		}
+		armClaims, err := parseClaims(at.Token)
+		if err != nil {
+			return "", err
+		}
+		if name, source = armClaims.managedIdentityName(), "xms_mirid of a Resource Manager token"; name == "" {
+			// Cached: asking again would give the same answer.
+			err := errNoUsername()
+			ts.set.logger.Warn("entraauth: no user name in the tokens", "error", err.Error())
+			return "", err
+		}
+	}
+	ts.user.Store(&name)
+	ts.set.logger.Info("entraauth: derived the database user name", "user", name, "from", source)
+	return name, nil
+}
+
+// userNamedResult caches, for one connection string, whether it names a user.
+type userNamedResult struct {
+	connString string
+	named      bool
+}
+
+// userNamed reports whether the connection settings name a user. pgx fills
+// in the OS user name when none is given, which does not count.
+func (ts *TokenSource) userNamed(cfg *pgx.ConnConfig) bool {
+	if cfg.User == "" {
+		return false
+	}
+	if cfg.User != osUserName() || os.Getenv("PGUSER") != "" {
+		return true
+	}
+	connString := cfg.ConnString()
+	if r := ts.userNamedCache.Load(); r != nil && r.connString == connString {
+		return r.named
+	}
+	named := connStringNamesUser(connString)
+	ts.userNamedCache.Store(&userNamedResult{connString: connString, named: named})
+	return named
+}
+
+// osUserName is the name pgx uses when no user is named.
+var osUserName = sync.OnceValue(func() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
+})
+
+var keywordUser = regexp.MustCompile(`(^|\s)user\s*=`)
+
+// connStringNamesUser reports whether a pgx connection string, URL or
+// key/value form, sets a user.
+func connStringNamesUser(connString string) bool {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		return err == nil && (u.User.Username() != "" || u.Query().Get("user") != "")
+	}
+	return keywordUser.MatchString(connString)
+}
