@@ -150,7 +150,7 @@ type TokenSource struct {
 	failures  int
 	retryAt   time.Time // no background refresh before this
 
-	user  atomic.Pointer[string] // the derived user name, once known
+	user  atomic.Pointer[userResult] // the derived user name, once known
 	users singleflight.Group
 
 	userNamedCache atomic.Pointer[userNamedResult]
@@ -183,6 +183,10 @@ func (ts *TokenSource) String() string {
 	return fmt.Sprintf("entraauth.TokenSource{fetches:%d failed:%d expires:%s}",
 		s.Fetches, s.FailedFetches, s.ExpiresOn.UTC().Format(time.RFC3339))
 }
+
+// Format prints the TokenSource as String does, whatever the verb, so fmt
+// never reads its internals.
+func (ts *TokenSource) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(ts.String())) }
 
 // Stats returns counts of the TokenSource's work and the cached token's times.
 func (ts *TokenSource) Stats() Stats {

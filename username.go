@@ -22,8 +22,8 @@ func (ts *TokenSource) userFor(ctx context.Context, cfg *pgx.ConnConfig, scope s
 	case ts.userNamed(cfg):
 		return cfg.User, nil
 	}
-	if p := ts.user.Load(); p != nil {
-		return *p, nil
+	if r := ts.user.Load(); r != nil {
+		return r.name, r.err
 	}
 	ch := ts.users.DoChan("user", func() (any, error) { return ts.deriveUser(scope, c.token.Value) })
 	select {
@@ -41,8 +41,8 @@ func (ts *TokenSource) userFor(ctx context.Context, cfg *pgx.ConnConfig, scope s
 // token's name claims, else from the xms_mirid claim of one Azure Resource
 // Manager token of the same cloud (managed identities).
 func (ts *TokenSource) deriveUser(scope, token string) (string, error) {
-	if p := ts.user.Load(); p != nil {
-		return *p, nil
+	if r := ts.user.Load(); r != nil {
+		return r.name, r.err
 	}
 	claims, err := parseClaims(token)
 	if err != nil {
@@ -61,15 +61,23 @@ func (ts *TokenSource) deriveUser(scope, token string) (string, error) {
 			return "", err
 		}
 		if name, source = armClaims.managedIdentityName(), "xms_mirid of a Resource Manager token"; name == "" {
-			// Cached: asking again would give the same answer.
+			// Kept: asking again would give the same answer.
 			err := errNoUsername()
+			ts.user.Store(&userResult{err: err})
 			ts.set.logger.Warn("entraauth: no user name in the tokens", "error", err.Error())
 			return "", err
 		}
 	}
-	ts.user.Store(&name)
+	ts.user.Store(&userResult{name: name})
 	ts.set.logger.Info("entraauth: derived the database user name", "user", name, "from", source)
 	return name, nil
+}
+
+// userResult is a derived user name, or the ErrNoUsername that deriving it
+// gave: both are final for a TokenSource.
+type userResult struct {
+	name string
+	err  error
 }
 
 // userNamedResult caches, for one connection string, whether it names a user.
