@@ -214,20 +214,24 @@ func (a *AzureCLI) Close() {
 
 func (a *AzureCLI) accept() {
 	defer a.wg.Done()
+	backoff := time.Duration(0)
 	for {
 		c, err := a.ln.Accept()
 		if err != nil {
+			// Until Close, keep accepting after errors such as running out
+			// of file descriptors, as net/http does, so az never waits on a
+			// listener nobody serves.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
 			select {
 			case <-a.done:
+				t.Stop()
 				return
-			default:
+			case <-t.C:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return
+			continue
 		}
+		backoff = 0
 		a.mu.Lock()
 		select {
 		case <-a.done:
