@@ -1,0 +1,498 @@
+package entraauth
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Secrets the env tests put in the environment; none may ever be printed.
+const (
+	envTestPassword = `S3cr3t pa55'w\rd`
+	envTestSecret   = "cl1ent-s3cr3t-VALUE"
+)
+
+var envTestSecrets = []string{envTestPassword, envTestSecret, "p@ss w0rd;x", `a;b"c`, "n30n-Pa55", "dj4ng0-Pa55"}
+
+func lookupIn(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
+}
+
+var (
+	typeDefault = reflect.TypeOf(&azidentity.DefaultAzureCredential{})
+	typeMI      = reflect.TypeOf(&azidentity.ManagedIdentityCredential{})
+	typeSP      = reflect.TypeOf(&azidentity.ClientSecretCredential{})
+)
+
+const (
+	azHost   = "srv.postgres.database.azure.com"
+	neonHost = "ep-still-mud-a12aa123.eastus2.azure.neon.tech"
+	miID     = "5f0e2f4c-0a67-4a4f-9d49-2b1e2e3c4d5e"
+	tenant   = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+)
+
+func TestLoadEnv(t *testing.T) {
+	t.Parallel()
+	azKV := "host=" + azHost + " port=5432 dbname=app sslmode=require user=aad_app"
+	wantAz := "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=require"
+	tests := []struct {
+		name       string
+		prefix     string
+		env        map[string]string
+		wantConn   string
+		wantCred   reflect.Type // nil: no credential
+		wantKind   string
+		wantPW     string // the password pgx reads from the connection string
+		wantFields [4]string
+		wantErrVar string
+		wantErrHas string
+	}{
+		// Service Connector's Go, Python, PHP and Ruby client types: key/value.
+		{
+			name:       "key/value, no client id: DefaultAzureCredential",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV},
+			wantConn:   wantAz,
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name:       "key/value and client id: user-assigned managed identity",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_CLIENTID": miID},
+			wantConn:   wantAz,
+			wantCred:   typeMI,
+			wantKind:   "managed-identity (client id " + miID + ")",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name: "key/value, client id, secret and tenant: service principal",
+			env: map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_CLIENTID": miID,
+				"AZURE_POSTGRESQL_CLIENTSECRET": envTestSecret, "AZURE_POSTGRESQL_TENANTID": tenant},
+			wantConn:   wantAz,
+			wantCred:   typeSP,
+			wantKind:   "service-principal (client id " + miID + ", tenant " + tenant + ")",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name:       "key/value with quoting and other settings kept in order",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": ` application_name = 'my app'  host=` + azHost + ` database=app connect_timeout=5 `},
+			wantConn:   "host=" + azHost + " dbname=app application_name='my app' connect_timeout=5",
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{azHost, "", "app", ""},
+		},
+		{
+			name:       "URL form",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "postgresql://aad_app@" + azHost + ":5432/app?sslmode=require"},
+			wantConn:   "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=require",
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name:       "URL form with several hosts and a percent-encoded user",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "postgres://alice%40contoso.com@h1:5432,[::1]:5433/app"},
+			wantConn:   "host=h1,::1 port=5432,5433 dbname=app user=alice@contoso.com",
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{"h1,::1", "5432,5433", "app", "alice@contoso.com"},
+		},
+		{
+			name:       "URL form with a password: password mode (Neon)",
+			prefix:     "NEON_POSTGRESQL",
+			env:        map[string]string{"NEON_POSTGRESQL_CONNECTIONSTRING": "postgres://neondb_owner:p%40ss%20w0rd%3Bx@" + neonHost + "/neondb?sslmode=require"},
+			wantConn:   "host=" + neonHost + " dbname=neondb user=neondb_owner password='p@ss w0rd;x' sslmode=require",
+			wantKind:   "password",
+			wantPW:     "p@ss w0rd;x",
+			wantFields: [4]string{neonHost, "", "neondb", "neondb_owner"},
+		},
+		// Java client type.
+		{
+			name:       "JDBC URL with ssl=true",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "jdbc:postgresql://" + azHost + ":5432/app?ssl=true&user=aad_app"},
+			wantConn:   wantAz,
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		// .NET client type (Npgsql's form), seed 000 and 003.
+		{
+			name:       ".NET form with a managed identity",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "Server=" + azHost + ";Database=app;Port=5432;Ssl Mode=Require;User Id=aad_app;", "AZURE_POSTGRESQL_CLIENTID": miID},
+			wantConn:   wantAz,
+			wantCred:   typeMI,
+			wantKind:   "managed-identity (client id " + miID + ")",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name:       ".NET form with a quoted password: password mode",
+			prefix:     "NEON_POSTGRESQL",
+			env:        map[string]string{"NEON_POSTGRESQL_CONNECTIONSTRING": `Host=` + neonHost + `; Database=neondb; Port=5432; SSL Mode=VerifyFull; Username=neondb_owner; Password="a;b""c"`},
+			wantConn:   "host=" + neonHost + ` port=5432 dbname=neondb user=neondb_owner password=a;b"c sslmode=verify-full`,
+			wantKind:   "password",
+			wantPW:     `a;b"c`,
+			wantFields: [4]string{neonHost, "5432", "neondb", "neondb_owner"},
+		},
+		{
+			name:       "key/value with a password: password mode (Python, Go)",
+			prefix:     "NEON_POSTGRESQL_", // a trailing underscore is fine
+			env:        map[string]string{"NEON_POSTGRESQL_CONNECTIONSTRING": "dbname=neondb host=" + neonHost + " user=neondb_owner password=n30n-Pa55 port=5432 sslmode=require"},
+			wantConn:   "host=" + neonHost + " port=5432 dbname=neondb user=neondb_owner password=n30n-Pa55 sslmode=require",
+			wantKind:   "password",
+			wantPW:     "n30n-Pa55",
+			wantFields: [4]string{neonHost, "5432", "neondb", "neondb_owner"},
+		},
+		// Node.js and Django client types: parts.
+		{
+			name: "Node.js parts with a password",
+			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
+				"AZURE_POSTGRESQL_USER": "app_user", "AZURE_POSTGRESQL_PASSWORD": envTestPassword, "AZURE_POSTGRESQL_SSL": "true"},
+			wantConn:   "host=" + azHost + ` port=5432 dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=require`,
+			wantKind:   "password",
+			wantPW:     envTestPassword,
+			wantFields: [4]string{azHost, "5432", "app", "app_user"},
+		},
+		{
+			name: "Node.js parts with a managed identity",
+			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
+				"AZURE_POSTGRESQL_USER": "aad_app", "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_CLIENTID": miID},
+			wantConn:   wantAz,
+			wantCred:   typeMI,
+			wantKind:   "managed-identity (client id " + miID + ")",
+			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
+		},
+		{
+			name: "Django parts (NAME), SSL false",
+			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_NAME": "app", "AZURE_POSTGRESQL_USER": "app_user",
+				"AZURE_POSTGRESQL_PASSWORD": "dj4ng0-Pa55", "AZURE_POSTGRESQL_SSL": "false"},
+			wantConn:   "host=" + azHost + " dbname=app user=app_user password=dj4ng0-Pa55 sslmode=disable",
+			wantKind:   "password",
+			wantPW:     "dj4ng0-Pa55",
+			wantFields: [4]string{azHost, "", "app", "app_user"},
+		},
+		{
+			name: "parts: USERNAME, SSLMODE, DATABASE and NAME agreeing, empty variables ignored",
+			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_DATABASE": "app", "AZURE_POSTGRESQL_NAME": "app",
+				"AZURE_POSTGRESQL_USERNAME": "aad_app", "AZURE_POSTGRESQL_SSLMODE": "verify-full", "AZURE_POSTGRESQL_PASSWORD": "",
+				"AZURE_POSTGRESQL_CLIENTID": ""},
+			wantConn:   "host=" + azHost + " dbname=app user=aad_app sslmode=verify-full",
+			wantCred:   typeDefault,
+			wantKind:   "default",
+			wantFields: [4]string{azHost, "", "app", "aad_app"},
+		},
+		{
+			name: "connection string completed by parts that agree with it",
+			env: map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "host=" + azHost + " dbname=app",
+				"AZURE_POSTGRESQL_HOST": strings.ToUpper(azHost), "AZURE_POSTGRESQL_USER": "app_user",
+				"AZURE_POSTGRESQL_PASSWORD": envTestPassword, "AZURE_POSTGRESQL_SSL": "require"},
+			wantConn:   "host=" + azHost + ` dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=require`,
+			wantKind:   "password",
+			wantPW:     envTestPassword,
+			wantFields: [4]string{azHost, "", "app", "app_user"},
+		},
+
+		// Missing and contradictory variables.
+		{
+			name:       "nothing at all",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": ""},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+			wantErrHas: "AZURE_POSTGRESQL_HOST",
+		},
+		{
+			name:       "nothing with this prefix",
+			prefix:     "NEON_POSTGRESQL",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV},
+			wantErrVar: "NEON_POSTGRESQL_CONNECTIONSTRING",
+		},
+		{
+			name:       "a client id alone, no server",
+			env:        map[string]string{"AZURE_POSTGRESQL_CLIENTID": miID},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+		},
+		{
+			name:       "client secret without tenant",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_CLIENTID": miID, "AZURE_POSTGRESQL_CLIENTSECRET": envTestSecret},
+			wantErrVar: "AZURE_POSTGRESQL_TENANTID",
+		},
+		{
+			name:       "client secret without client id",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_TENANTID": tenant, "AZURE_POSTGRESQL_CLIENTSECRET": envTestSecret},
+			wantErrVar: "AZURE_POSTGRESQL_CLIENTID",
+		},
+		{
+			name:       "tenant and client id without secret",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_CLIENTID": miID, "AZURE_POSTGRESQL_TENANTID": tenant},
+			wantErrVar: "AZURE_POSTGRESQL_CLIENTSECRET",
+		},
+		{
+			name: "a service principal with a malformed tenant",
+			env: map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_CLIENTID": miID,
+				"AZURE_POSTGRESQL_CLIENTSECRET": envTestSecret, "AZURE_POSTGRESQL_TENANTID": "not a tenant!"},
+			wantErrVar: "AZURE_POSTGRESQL_TENANTID",
+		},
+		{
+			name:       "a password and a client id",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV + " password=" + quoteValue(envTestPassword), "AZURE_POSTGRESQL_CLIENTID": miID},
+			wantErrVar: "AZURE_POSTGRESQL_CLIENTID",
+			wantErrHas: "not both",
+		},
+		{
+			name:       "a password variable and a tenant",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PASSWORD": envTestPassword, "AZURE_POSTGRESQL_TENANTID": tenant},
+			wantErrVar: "AZURE_POSTGRESQL_TENANTID",
+		},
+		{
+			name:       "HOST disagrees with the connection string",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": azKV, "AZURE_POSTGRESQL_HOST": "other.postgres.database.azure.com"},
+			wantErrVar: "AZURE_POSTGRESQL_HOST",
+			wantErrHas: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+		},
+		{
+			name:       "NAME disagrees with DATABASE",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_DATABASE": "app", "AZURE_POSTGRESQL_NAME": "other"},
+			wantErrVar: "AZURE_POSTGRESQL_NAME",
+			wantErrHas: "AZURE_POSTGRESQL_DATABASE",
+		},
+		{
+			name:       "USERNAME disagrees with USER",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_USER": "a", "AZURE_POSTGRESQL_USERNAME": "b"},
+			wantErrVar: "AZURE_POSTGRESQL_USERNAME",
+		},
+		{
+			name:       "SSLMODE disagrees with SSL",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_SSLMODE": "verify-full"},
+			wantErrVar: "AZURE_POSTGRESQL_SSLMODE",
+		},
+		{
+			name: "PASSWORD disagrees with the connection string's password",
+			env: map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "host=" + azHost + " password=n30n-Pa55",
+				"AZURE_POSTGRESQL_PASSWORD": envTestPassword},
+			wantErrVar: "AZURE_POSTGRESQL_PASSWORD",
+		},
+		{
+			name:       "a port that is no number",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "54x32"},
+			wantErrVar: "AZURE_POSTGRESQL_PORT",
+		},
+		{
+			name:       "SSL neither true nor false",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "maybe"},
+			wantErrVar: "AZURE_POSTGRESQL_SSL",
+		},
+		{
+			name:       "an unterminated quote after a password",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "host=" + azHost + " password='" + envTestSecret},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+			wantErrHas: "unterminated",
+		},
+		{
+			name:       "an unquoted password with a space",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "host=" + azHost + " password=" + envTestPassword},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+		},
+		{
+			name:       "an unknown .NET keyword",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "Server=" + azHost + ";Password=" + envTestSecret + ";" + envTestSecret + "=1;"},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+			wantErrHas: "unsupported keyword",
+		},
+		{
+			name:       "an sslmode pgx does not know, next to a password",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "host=" + azHost + " sslmode=sometimes password=" + envTestSecret},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+			wantErrHas: "sslmode",
+		},
+		{
+			name:       "a URL password with bad percent-encoding",
+			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "postgres://u:" + envTestSecret + "%zz@" + azHost + "/app"},
+			wantErrVar: "AZURE_POSTGRESQL_CONNECTIONSTRING",
+			wantErrHas: "percent-encoding in the password",
+		},
+		{
+			name:       "a NUL byte in a part",
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_USER": "a\x00b"},
+			wantErrVar: "AZURE_POSTGRESQL_USER",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ec, err := loadEnv(tt.prefix, lookupIn(tt.env))
+			if tt.wantErrVar != "" {
+				checkEnvError(t, err, tt.wantErrVar, tt.wantErrHas)
+				if ec != nil {
+					t.Errorf("got a config with the error: %v", ec)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("loadEnv: %v", err)
+			}
+			if ec.ConnString != tt.wantConn {
+				t.Errorf("ConnString:\n got %s\nwant %s", ec.ConnString, tt.wantConn)
+			}
+			if got := reflect.TypeOf(ec.Credential); got != tt.wantCred {
+				t.Errorf("credential type %v, want %v", got, tt.wantCred)
+			}
+			if ec.CredentialKind != tt.wantKind {
+				t.Errorf("CredentialKind %q, want %q", ec.CredentialKind, tt.wantKind)
+			}
+			if ec.PasswordAuth != (tt.wantPW != "") {
+				t.Errorf("PasswordAuth %v, want %v", ec.PasswordAuth, tt.wantPW != "")
+			}
+			if got := [4]string{ec.Host, ec.Port, ec.Database, ec.User}; got != tt.wantFields {
+				t.Errorf("Host, Port, Database, User = %q, want %q", got, tt.wantFields)
+			}
+			wantPrefix := strings.TrimSuffix(tt.prefix, "_")
+			if wantPrefix == "" {
+				wantPrefix = DefaultEnvPrefix
+			}
+			if ec.Prefix != wantPrefix {
+				t.Errorf("Prefix %q, want %q", ec.Prefix, wantPrefix)
+			}
+			// pgx reads back what the environment said.
+			cfg, err := pgconn.ParseConfig(ec.ConnString)
+			if err != nil {
+				t.Fatalf("pgx cannot parse the connection string: %v", err)
+			}
+			if tt.wantPW != "" && cfg.Password != tt.wantPW {
+				t.Errorf("pgx reads a password of %d bytes, want the %d-byte one", len(cfg.Password), len(tt.wantPW))
+			}
+			if firstHost, _, _ := strings.Cut(tt.wantFields[0], ","); cfg.Host != firstHost {
+				t.Errorf("pgx reads host %q, want %q", cfg.Host, firstHost)
+			}
+			if tt.wantFields[3] != "" && cfg.User != tt.wantFields[3] {
+				t.Errorf("pgx reads user %q, want %q", cfg.User, tt.wantFields[3])
+			}
+			checkNoSecrets(t, printed(ec))
+			if tt.wantPW != "" && !strings.Contains(printed(ec), "password=[REDACTED]") {
+				t.Errorf("printed config does not show a redacted password: %s", printed(ec))
+			}
+		})
+	}
+}
+
+// checkEnvError checks err is an *EnvError for wantVar that wraps ErrEnv,
+// mentions wantHas and shows no secret.
+func checkEnvError(t *testing.T, err error, wantVar, wantHas string) {
+	t.Helper()
+	t.Log(err)
+	var ee *EnvError
+	if !errors.As(err, &ee) {
+		t.Fatalf("error %v (%T), want an *EnvError", err, err)
+	}
+	if !errors.Is(err, ErrEnv) {
+		t.Errorf("errors.Is(err, ErrEnv) is false for %v", err)
+	}
+	if ee.Var != wantVar {
+		t.Errorf("EnvError.Var %q, want %q (error: %v)", ee.Var, wantVar, err)
+	}
+	if !strings.Contains(err.Error(), wantVar) {
+		t.Errorf("error does not name %s: %v", wantVar, err)
+	}
+	if wantHas != "" && !strings.Contains(err.Error(), wantHas) {
+		t.Errorf("error does not mention %q: %v", wantHas, err)
+	}
+	checkNoSecrets(t, err.Error()+fmt.Sprintf(" %v %+v %#v", err, err, err))
+}
+
+// printed returns everything fmt and slog show of v.
+func printed(v any) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%v %+v %#v %s %q ", v, v, v, v, v)
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "cfg", v)
+	slog.New(slog.NewTextHandler(&b, nil)).Info("config", "cfg", v)
+	return b.String()
+}
+
+func checkNoSecrets(t *testing.T, s string) {
+	t.Helper()
+	for _, secret := range envTestSecrets {
+		if strings.Contains(s, secret) {
+			t.Errorf("output shows the secret %q: %s", secret, s)
+		}
+	}
+	// The quoted spelling of the password in a connection string.
+	if q := quoteValue(envTestPassword); strings.Contains(s, q) || strings.Contains(s, strings.Trim(q, "'")) {
+		t.Errorf("output shows the quoted password: %s", s)
+	}
+}
+
+func TestEnvConfigPrintsNoPassword(t *testing.T) {
+	t.Parallel()
+	ec := &EnvConfig{Prefix: "P", ConnString: "host=h password=" + quoteValue(envTestPassword) + " sslpassword=" + envTestSecret, CredentialKind: "password", PasswordAuth: true}
+	out := printed(ec) + printed(*ec)
+	checkNoSecrets(t, out)
+	for _, want := range []string{"password=[REDACTED]", "sslpassword=[REDACTED]", "host=h"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("printed config lacks %q: %s", want, out)
+		}
+	}
+	// A connection string changed into something unparsable is not shown.
+	ec.ConnString = "host=h password='" + envTestSecret
+	out = printed(ec)
+	checkNoSecrets(t, out)
+	if !strings.Contains(out, "not shown") {
+		t.Errorf("unparsable connection string: %s", out)
+	}
+}
+
+func TestLoadEnvUsesTheProcessEnvironment(t *testing.T) {
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "host="+azHost+" dbname=app")
+	t.Setenv("AZURE_POSTGRESQL_CLIENTID", miID)
+	ec, err := LoadEnv("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ec.Host != azHost || reflect.TypeOf(ec.Credential) != typeMI {
+		t.Errorf("LoadEnv: %v", ec)
+	}
+}
+
+func TestEnvPoolAndDBReportErrorsEarly(t *testing.T) {
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if pool, err := NewPoolFromEnv(ctx, ""); err == nil {
+		pool.Close()
+		t.Fatal("NewPoolFromEnv: no error with no environment")
+	} else {
+		checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", "")
+	}
+	if db, err := OpenDBFromEnv(""); err == nil {
+		_ = db.Close()
+		t.Fatal("OpenDBFromEnv: no error with no environment")
+	} else {
+		checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", "")
+	}
+
+	// An invalid option is reported before the environment is read.
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "host="+azHost)
+	if _, err := OpenDBFromEnv("", WithUser("")); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("OpenDBFromEnv with an invalid option: %v, want ErrInvalidOption", err)
+	}
+	if _, err := NewPoolFromEnv(ctx, "", WithFetchTimeout(-1)); !errors.Is(err, ErrInvalidOption) {
+		t.Errorf("NewPoolFromEnv with an invalid option: %v, want ErrInvalidOption", err)
+	}
+
+	// pgxpool's own settings are checked by NewPoolFromEnv, without the password.
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "host="+azHost+" pool_max_conns=lots password="+envTestSecret)
+	if pool, err := NewPoolFromEnv(ctx, ""); err == nil {
+		pool.Close()
+		t.Fatal("NewPoolFromEnv accepted pool_max_conns=lots")
+	} else {
+		checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", "pool_max_conns")
+	}
+}
