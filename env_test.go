@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgentra/entraauth/entratest"
 )
 
 // Secrets the env tests put in the environment; none may ever be printed.
@@ -494,5 +496,164 @@ func TestEnvPoolAndDBReportErrorsEarly(t *testing.T) {
 		t.Fatal("NewPoolFromEnv accepted pool_max_conns=lots")
 	} else {
 		checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", "pool_max_conns")
+	}
+}
+
+// envServer starts an entratest server that checks tokens from a new
+// issuer, relaying sessions to the package's shared PostgreSQL.
+func envServer(t *testing.T) (*entratest.Issuer, *entratest.Server) {
+	t.Helper()
+	pg := testServer(t)
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := entratest.NewServer(ctx, entratest.ServerConfig{Verifier: iss, BackendDSN: pg.AdminConnString(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return iss, srv
+}
+
+// clearPGEnv keeps the machine's PG… and Service Connector variables out
+// of a test.
+func clearPGEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{"PGUSER", "PGPASSWORD", "PGHOST", "PGPORT", "PGDATABASE", "PGSSLMODE", "PGSSLROOTCERT",
+		"AZURE_POSTGRESQL_CONNECTIONSTRING", "AZURE_POSTGRESQL_HOST", "AZURE_POSTGRESQL_CLIENTID",
+		"AZURE_POSTGRESQL_CLIENTSECRET", "AZURE_POSTGRESQL_TENANTID", "AZURE_CLIENT_ID"} {
+		t.Setenv(k, "")
+	}
+}
+
+// checkEnvPoolAndDB connects through NewPoolFromEnv and OpenDBFromEnv and
+// checks the user each logs in as.
+func checkEnvPoolAndDB(t *testing.T, prefix, wantUser string, opts ...Option) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, err := NewPoolFromEnv(ctx, prefix, opts...)
+	if err != nil {
+		t.Fatalf("NewPoolFromEnv: %v", err)
+	}
+	defer pool.Close()
+	if user, err := currentUser(ctx, pool); err != nil || user != wantUser {
+		t.Errorf("pool: current_user %q, %v; want %q", user, err, wantUser)
+	}
+	db, err := OpenDBFromEnv(prefix, opts...)
+	if err != nil {
+		t.Fatalf("OpenDBFromEnv: %v", err)
+	}
+	defer db.Close()
+	var user string
+	if err := db.QueryRowContext(ctx, "select current_user").Scan(&user); err != nil || user != wantUser {
+		t.Errorf("database/sql: current_user %q, %v; want %q", user, err, wantUser)
+	}
+}
+
+func TestEnvManagedIdentityEndToEnd(t *testing.T) {
+	clearPGEnv(t)
+	iss, srv := envServer(t)
+	id := entratest.ManagedIdentity("env-test-identity")
+	ctx := context.Background()
+	if err := srv.AddRole(ctx, "env-test-identity", id.ObjectID); err != nil {
+		t.Fatal(err)
+	}
+	mi, err := entratest.NewManagedIdentityEndpoint(iss, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mi.Close)
+	mi.Setenv(t)
+	// No user in the connection string: it is the identity's name, from
+	// the xms_mirid claim of a Resource Manager token.
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", srv.ConnString())
+	t.Setenv("AZURE_POSTGRESQL_CLIENTID", id.ClientID)
+	checkEnvPoolAndDB(t, "", "env-test-identity", WithRequireVerifiedTLS())
+
+	// The client ID reaches the endpoint, which refuses another one.
+	t.Setenv("AZURE_POSTGRESQL_CLIENTID", entratest.ManagedIdentity("someone-else").ClientID)
+	pool, err := NewPoolFromEnv(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	err = pool.Ping(pctx)
+	var ce *CredentialError
+	if !errors.As(err, &ce) {
+		t.Errorf("ping with another client ID: %v, want a *CredentialError", err)
+	}
+}
+
+func TestEnvDefaultCredentialEndToEnd(t *testing.T) {
+	clearPGEnv(t)
+	iss, srv := envServer(t)
+	alice := entratest.User("env-alice@contoso.com")
+	if err := srv.AddRole(context.Background(), alice.UPN, alice.ObjectID); err != nil {
+		t.Fatal(err)
+	}
+	az, err := entratest.NewAzureCLI(iss, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(az.Close)
+	az.Setenv(t)
+	// DefaultAzureCredential, told to use the Azure CLI (on this machine
+	// the IMDS address answers, which would stop the chain there).
+	t.Setenv("AZURE_TOKEN_CREDENTIALS", "AzureCLICredential")
+	// The Node.js parts, with the user from the token.
+	t.Setenv("AZURE_POSTGRESQL_HOST", srv.Host())
+	t.Setenv("AZURE_POSTGRESQL_PORT", strconv.Itoa(int(srv.Port())))
+	t.Setenv("AZURE_POSTGRESQL_DATABASE", "postgres")
+	t.Setenv("AZURE_POSTGRESQL_SSL", "true")
+	checkEnvPoolAndDB(t, "", alice.UPN)
+	// One token for the pool's connection and one for the database
+	// handle's: each has its own credential and token source.
+	if n := az.Invocations(); n != 2 {
+		t.Errorf("az ran %d times; want 2, one per handle", n)
+	}
+}
+
+func TestEnvPasswordModeEndToEnd(t *testing.T) {
+	clearPGEnv(t)
+	pg := testServer(t)
+	const role, password = "env_neondb_owner", "n30n-Pa55 w'rd"
+	if err := pg.CreateRole(context.Background(), role, password); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", pg.ConnString(role, password))
+	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())
+
+	// The parts, as for Node.js, with SSL=true: TLS without verification.
+	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", "")
+	t.Setenv("NEON_POSTGRESQL_HOST", pg.Host)
+	t.Setenv("NEON_POSTGRESQL_PORT", strconv.Itoa(int(pg.Port)))
+	t.Setenv("NEON_POSTGRESQL_DATABASE", "postgres")
+	t.Setenv("NEON_POSTGRESQL_USER", role)
+	t.Setenv("NEON_POSTGRESQL_PASSWORD", password)
+	t.Setenv("NEON_POSTGRESQL_SSL", "true")
+	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role)
+
+	// WithRequireVerifiedTLS refuses it, before connecting.
+	if pool, err := NewPoolFromEnv(context.Background(), "NEON_POSTGRESQL", WithRequireVerifiedTLS()); !errors.Is(err, ErrInsecureTransport) {
+		if pool != nil {
+			pool.Close()
+		}
+		t.Errorf("NewPoolFromEnv with sslmode=require and WithRequireVerifiedTLS: %v, want ErrInsecureTransport", err)
+	}
+	if db, err := OpenDBFromEnv("NEON_POSTGRESQL", WithRequireVerifiedTLS()); !errors.Is(err, ErrInsecureTransport) {
+		if db != nil {
+			_ = db.Close()
+		}
+		t.Errorf("OpenDBFromEnv with sslmode=require and WithRequireVerifiedTLS: %v, want ErrInsecureTransport", err)
 	}
 }
