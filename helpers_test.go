@@ -2,8 +2,8 @@ package entraauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,6 +34,7 @@ type fakeCredential struct {
 	returned  atomic.Int64
 	minted    []string
 	expiresOn func(now time.Time, lifetime time.Duration) time.Time // optional override
+	latency   time.Duration
 }
 
 type fakeCredError struct{ msg string }
@@ -51,8 +52,16 @@ func (f *fakeCredential) GetToken(ctx context.Context, opts policy.TokenRequestO
 	f.mu.Lock()
 	f.scopes = append(f.scopes, opts.Scopes...)
 	f.tenants = append(f.tenants, opts.TenantID)
-	gate, err, lifetime := f.gate, f.err, f.lifetime
+	gate, err, lifetime, latency := f.gate, f.err, f.lifetime, f.latency
 	f.mu.Unlock()
+	if latency > 0 {
+		select {
+		case <-time.After(latency):
+		case <-ctx.Done():
+			f.recordCtx(ctx)
+			return azcore.AccessToken{}, ctx.Err()
+		}
+	}
 	if gate != nil {
 		select {
 		case <-gate:
@@ -208,8 +217,8 @@ func waitIdle(t *testing.T, ts *TokenSource) {
 
 var errBoom = &fakeCredError{msg: "identity service said no"}
 
-var _ = errors.New
-
 func tokenRequest(scope string) policy.TokenRequestOptions {
 	return policy.TokenRequestOptions{Scopes: []string{scope}}
 }
+
+func itoa(i int) string { return strconv.Itoa(i) }
