@@ -30,14 +30,22 @@ var publicCloud = cloud{".postgres.database.azure.com", ScopePublic, "https://ma
 // public cloud scope for every other host (localhost and IP addresses too).
 func ScopeForHost(host string) string { return cloudForHost(host).dbScope }
 
-func cloudForHost(host string) cloud {
-	h := strings.ToLower(strings.TrimSuffix(host, "."))
-	for _, c := range clouds {
-		if strings.HasSuffix(h, c.hostSuffix) {
-			return c
+// cloudForHost returns the cloud of a server host name. The result points
+// into the package's tables, so its fields' addresses can be shared.
+func cloudForHost(host string) *cloud {
+	h := strings.TrimSuffix(host, ".")
+	for i := range clouds {
+		if hasSuffixFold(h, clouds[i].hostSuffix) {
+			return &clouds[i]
 		}
 	}
-	return publicCloud
+	return &publicCloud
+}
+
+// hasSuffixFold is strings.HasSuffix ignoring ASCII case, without
+// allocating (it runs on every connect).
+func hasSuffixFold(s, suffix string) bool {
+	return len(s) >= len(suffix) && strings.EqualFold(s[len(s)-len(suffix):], suffix)
 }
 
 // armScopeFor returns the Azure Resource Manager scope of the cloud whose

@@ -205,14 +205,12 @@ func (ts *TokenSource) Token(ctx context.Context) (Token, error) {
 	if ts.set.err != nil {
 		return Token{}, ts.set.err
 	}
-	scope := ts.set.scope
-	if p := ts.scope.Load(); p != nil {
-		scope = *p
-	} else if ts.scope.CompareAndSwap(nil, &publicCloud.dbScope) {
-		scope = publicCloud.dbScope
-	} else {
-		scope = *ts.scope.Load()
+	p := ts.scope.Load()
+	if p == nil {
+		ts.scope.CompareAndSwap(nil, &publicCloud.dbScope)
+		p = ts.scope.Load()
 	}
+	scope := *p
 	c, err := ts.token(ctx, scope)
 	if err != nil {
 		return Token{}, err
@@ -226,14 +224,14 @@ func (ts *TokenSource) scopeForHost(host string) (string, error) {
 	if ts.set.scope != "" {
 		return ts.set.scope, nil
 	}
-	want := cloudForHost(host).dbScope
-	if p := ts.scope.Load(); p != nil || !ts.scope.CompareAndSwap(nil, &want) {
-		if got := *ts.scope.Load(); got != want {
+	want := &cloudForHost(host).dbScope
+	if p := ts.scope.Load(); p != nil || !ts.scope.CompareAndSwap(nil, want) {
+		if got := *ts.scope.Load(); got != *want {
 			return "", fmt.Errorf("%w: this TokenSource holds tokens for %s but host %q needs %s; use a TokenSource per cloud, or WithScope",
-				ErrScopeMismatch, got, host, want)
+				ErrScopeMismatch, got, host, *want)
 		}
 	}
-	return want, nil
+	return *want, nil
 }
 
 // token returns the cached token while usable, starting a background

@@ -38,6 +38,30 @@ func TestCachedTokenIsServedWithoutFetchOrAllocation(t *testing.T) {
 	}
 }
 
+func TestBeforeConnectWithCachedTokenDoesNotAllocate(t *testing.T) {
+	t.Setenv("PGUSER", "")
+	ts, _, _ := newClockedSource(t, time.Hour)
+	for _, connString := range []string{
+		"host=SRV.postgres.database.azure.com sslmode=verify-full user=app", // named user
+		"host=srv.postgres.database.azure.com sslmode=verify-full",          // derived user
+	} {
+		shared := connConfig(t, connString)
+		cfg := *shared
+		if err := ts.BeforeConnect(context.Background(), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		allocs := testing.AllocsPerRun(1000, func() {
+			cfg := *shared // what pgxpool and stdlib hand the hook: a shallow copy
+			if err := ts.BeforeConnect(context.Background(), &cfg); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%s: BeforeConnect allocates %.1f times per call with a cached token, want 0", connString, allocs)
+		}
+	}
+}
+
 func TestRefreshAheadServesCachedTokenWhileOneBackgroundFetchRuns(t *testing.T) {
 	ts, cred, clock := newClockedSource(t, 10*time.Second)
 	ctx := context.Background()
