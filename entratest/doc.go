@@ -19,10 +19,27 @@
 //   - [AzureCLI] is a fake az executable, so the real
 //     azidentity.AzureCLICredential gets its tokens from it.
 //
-// The same package also has a server speaking the PostgreSQL wire protocol
-// that accepts an Entra token as the password and checks it the way Azure
-// does (signature, audience, expiry and user name), with [Issuer.Verify];
-// see its own documentation in this package.
+//   - [Server] speaks the PostgreSQL wire protocol, accepts an Entra token
+//     as the password (or through SASL OAUTHBEARER, as PostgreSQL 18 asks),
+//     checks it the way Azure Database for PostgreSQL does (signature,
+//     audience, expiry, and a role registered for the token's object ID),
+//     answers failures with Azure's messages, and relays accepted sessions
+//     to a real PostgreSQL server (a throwaway one it starts from local
+//     binaries when none is given). [Server.Stats] counts logins, distinct
+//     tokens, rejections by reason, and passwords that arrived without TLS.
+//
+// An end-to-end test of a pgx pool or database/sql wiring:
+//
+//	srv, err := entratest.NewServer(ctx, entratest.ServerConfig{Verifier: iss})
+//	if err != nil {
+//		t.Fatal(err) // errors.Is(err, entratest.ErrNoPostgreSQL) without binaries
+//	}
+//	t.Cleanup(func() { srv.Close() })
+//	alice := entratest.User("alice@contoso.com")
+//	if err := srv.AddRole(ctx, alice.UPN, alice.ObjectID); err != nil {
+//		t.Fatal(err)
+//	}
+//	db := sql.OpenDB(entraauth.Connector(srv.ConnString(), entratest.NewCredential(iss, alice)))
 //
 // A test of code taking a credential:
 //
