@@ -8,14 +8,17 @@
 //     [Principal] — a [User], a [ManagedIdentity] or a [ServicePrincipal] —
 //     and verifies them the way a resource server does, with errors that say
 //     why a token was rejected (ErrTokenExpired, ErrWrongAudience, …).
+//
 //   - [Credential] is an in-process azcore.TokenCredential on an Issuer that
 //     can be made slow ([Credential.SetLatency]), failing
 //     ([Credential.FailWith]) or hanging ([Credential.Hang]), and counts its
 //     calls.
+//
 //   - [ManagedIdentityEndpoint] emulates Azure App Service's managed identity
 //     endpoint (IDENTITY_ENDPOINT, IDENTITY_HEADER), so the real
 //     azidentity.ManagedIdentityCredential and DefaultAzureCredential get
 //     their tokens from it.
+//
 //   - [AzureCLI] is a fake az executable, so the real
 //     azidentity.AzureCLICredential gets its tokens from it.
 //
