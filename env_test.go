@@ -627,8 +627,11 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 	clearPGEnv(t)
 	pg := testServer(t)
 	const role, password = "env_neondb_owner", "n30n-Pa55 w'rd"
+	// The role may exist from an earlier run (go test -count) on the shared server.
 	if err := pg.CreateRole(context.Background(), role, password); err != nil {
-		t.Fatal(err)
+		if err := pg.SetPassword(context.Background(), role, password); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", pg.ConnString(role, password))
 	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())

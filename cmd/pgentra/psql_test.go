@@ -149,8 +149,11 @@ func TestPsqlPasswordMode(t *testing.T) {
 	needPsql(t)
 	pg := testPG(t)
 	const role, password = "cli_neondb_owner", "n30n Pa55'w"
+	// The role may exist from an earlier run (go test -count) on the shared server.
 	if err := pg.CreateRole(context.Background(), role, password); err != nil {
-		t.Fatal(err)
+		if err := pg.SetPassword(context.Background(), role, password); err != nil {
+			t.Fatal(err)
+		}
 	}
 	env := childEnv("NEON_POSTGRESQL_CONNECTIONSTRING="+pg.ConnString(role, password), "PGSSLROOTCERT="+pg.CAFile)
 	r := pgentra(t, env, append([]string{"psql", "--env-prefix", "NEON_POSTGRESQL"}, psqlQuery...)...)
