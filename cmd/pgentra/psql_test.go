@@ -91,6 +91,19 @@ func TestPsql(t *testing.T) {
 			}
 		})
 	}
+
+	// A user the variables name is used as it is: the managed identity is
+	// asked for the database token only, not for a Resource Manager token
+	// to find its name.
+	before := mi.Requests()
+	env := childEnv(append(miEnv(mi), "PGSSLROOTCERT="+f.srv.CAFile(),
+		"AZURE_POSTGRESQL_CONNECTIONSTRING="+f.srv.ConnString("user=cli-identity"), "AZURE_POSTGRESQL_CLIENTID="+identity.ClientID)...)
+	if r := pgentra(t, env, append([]string{"psql"}, psqlQuery...)...); r.code != 0 || r.stdout != "cli-identity\n" {
+		t.Errorf("user named by the variables: %+v", r)
+	}
+	if n := mi.Requests() - before; n != 1 {
+		t.Errorf("the managed identity endpoint got %d requests; want 1, for the database token", n)
+	}
 }
 
 func TestPsqlPassesOnExitStatusAndVerifiesTLS(t *testing.T) {
@@ -104,23 +117,28 @@ func TestPsqlPassesOnExitStatusAndVerifiesTLS(t *testing.T) {
 		t.Errorf("a failing query: %+v; want psql's exit status 1 and its error", r)
 	}
 
-	// PGSSLMODE defaults to verify-full: with another CA the server's
-	// certificate is refused, and psql exits 2 without connecting.
+	// PGSSLMODE defaults to verify-full: the certificate's chain and host
+	// name are checked. Here the host name (reached at 127.0.0.1 through
+	// PGHOSTADDR) is not the certificate's, and psql refuses to connect.
 	accepted := f.srv.Stats().Accepted
-	bad := childEnv(pathWith(az.Dir()), "PGHOST="+f.srv.Host(), fmt.Sprintf("PGPORT=%d", f.srv.Port()), "PGSSLROOTCERT="+f.pg.CAFile)
-	r = pgentra(t, bad, append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
-	if r.code != 2 || !strings.Contains(r.stderr, "certificate verify failed") {
-		t.Errorf("with another CA: %+v; want psql to refuse the certificate", r)
+	misnamed := childEnv(pathWith(az.Dir()), "PGHOST=not-the-cert-name.example", "PGHOSTADDR="+f.srv.Host(),
+		fmt.Sprintf("PGPORT=%d", f.srv.Port()), "PGDATABASE=postgres", "PGSSLROOTCERT="+f.srv.CAFile())
+	r = pgentra(t, misnamed, append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
+	if r.code != 2 || !strings.Contains(r.stderr, "does not match host name") {
+		t.Errorf("with a host name not in the certificate: %+v; want psql to refuse it", r)
 	}
 	if got := f.srv.Stats().Accepted; got != accepted {
-		t.Errorf("a login went through with an unverified certificate")
+		t.Errorf("a login went through with a certificate for another name")
 	}
-	// A PGSSLMODE of the user's own is kept (without a root certificate,
-	// which would make libpq verify the chain even with require).
-	unverified := childEnv(pathWith(az.Dir()), "PGHOST="+f.srv.Host(), fmt.Sprintf("PGPORT=%d", f.srv.Port()), "PGDATABASE=postgres", "PGSSLMODE=require")
-	r = pgentra(t, unverified, append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
+	// A PGSSLMODE of the user's own is kept.
+	r = pgentra(t, append(misnamed, "PGSSLMODE=verify-ca"), append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
 	if r.code != 0 || r.stdout != alice.UPN+"\n" {
-		t.Errorf("with PGSSLMODE=require: %+v", r)
+		t.Errorf("with PGSSLMODE=verify-ca: %+v", r)
+	}
+	// And with another CA, the chain is refused.
+	r = pgentra(t, append(f.serverEnv(), pathWith(az.Dir()), "PGSSLROOTCERT="+f.pg.CAFile), append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
+	if r.code != 2 || !strings.Contains(r.stderr, "certificate verify failed") {
+		t.Errorf("with another CA: %+v; want psql to refuse the certificate", r)
 	}
 
 	// Without psql on PATH.
