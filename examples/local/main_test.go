@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,16 +27,48 @@ func TestMain(m *testing.M) {
 // (failing instead under ENTRAAUTH_REQUIRE_PG=1).
 func runDemo(t *testing.T, ctx context.Context, opts options) (result, string) {
 	t.Helper()
-	t.Setenv("PGUSER", "")
 	var out bytes.Buffer
-	res, err := run(ctx, opts, &out)
+	return runDemoTo(t, ctx, opts, &out), out.String()
+}
+
+// runDemoTo is runDemo writing to out.
+func runDemoTo(t *testing.T, ctx context.Context, opts options, out io.Writer) result {
+	t.Helper()
+	t.Setenv("PGUSER", "")
+	res, err := run(ctx, opts, out)
 	if errors.Is(err, entratest.ErrNoPostgreSQL) {
 		pgtest.SkipOrFail(t, err)
 	}
 	if err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, &out)
+		t.Fatalf("run: %v\noutput:\n%s", err, out)
 	}
-	return res, out.String()
+	return res
+}
+
+// stopWhenRunning is an output buffer that calls stop a moment after the
+// demo prints its progress header, that is once the emulator is up and the
+// queries run, whatever the start took on a loaded machine.
+type stopWhenRunning struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	stop    func()
+	stopper *time.Timer
+}
+
+func (w *stopWhenRunning) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.buf.Write(p)
+	if w.stopper == nil && strings.Contains(w.buf.String(), "current_user\n") {
+		w.stopper = time.AfterFunc(1500*time.Millisecond, w.stop)
+	}
+	return n, err
+}
+
+func (w *stopWhenRunning) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }
 
 // summaryNumber returns the first number the summary line starting with
@@ -84,10 +118,13 @@ func TestDemoRotatesTokensWithoutErrors(t *testing.T) {
 func TestDemoStopsEarlyWithSummary(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// Stop as Ctrl-C does, a moment after the start.
-	stopAfter := time.AfterFunc(1500*time.Millisecond, cancel)
-	defer stopAfter.Stop()
-	res, out := runDemo(t, ctx, options{duration: time.Hour, workers: 2, tokenLifetime: 10 * time.Second})
+	// Stop as Ctrl-C does, a moment after the queries start.
+	w := &stopWhenRunning{stop: cancel}
+	res := runDemoTo(t, ctx, options{duration: time.Hour, workers: 2, tokenLifetime: 10 * time.Second}, w)
+	out := w.String()
+	if res.poolQueries == 0 || res.dbQueries == 0 {
+		t.Errorf("%d queries through pgxpool, %d through database/sql before the stop; want both used", res.poolQueries, res.dbQueries)
+	}
 	if res.elapsed >= time.Hour || res.failed != 0 {
 		t.Errorf("ran %v with %d failed queries, want an early stop and none failed", res.elapsed, res.failed)
 	}
