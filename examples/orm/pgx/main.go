@@ -1,0 +1,78 @@
+// Command pgx opens a single pgx connection (no pool) to Azure Database
+// for PostgreSQL with a Microsoft Entra ID token and prints the current
+// user.
+//
+// The lines to add: pgx.Connect takes no hook, so parse the configuration,
+// let entraauth fill in the user and the token, and connect with it. (For
+// a pool, set pgxpool.Config.BeforeConnect to entraauth.Hook(cred)
+// instead: it then runs for every new connection.)
+//
+//	cred, err := azidentity.NewDefaultAzureCredential(nil)
+//	cfg, err := pgx.ParseConfig("host=mysrv.postgres.database.azure.com dbname=app sslmode=verify-full")
+//	err = entraauth.Hook(cred)(ctx, cfg)
+//	conn, err := pgx.ConnectConfig(ctx, cfg)
+//
+// The token is good for the connection's login only: open each later
+// connection the same way (through one entraauth.TokenSource and its
+// BeforeConnect, to share the cached token), or use a pool.
+//
+// Run it from examples/orm:
+//
+//	go run ./pgx                                        # against a local emulator
+//	PGHOST=mysrv.postgres.database.azure.com PGDATABASE=app go run ./pgx   # against Azure
+//
+// See package target for the variables that pick Azure.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgentra/entraauth"
+	"github.com/pgentra/entraauth/examples/orm/internal/target"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+// run connects with pgx and prints "current_user: <name>" to out.
+func run(ctx context.Context, out io.Writer) error {
+	tg, err := target.Open(ctx, out) // Azure if configured, else the emulator
+	if err != nil {
+		return err
+	}
+	defer tg.Close()
+
+	// The lines to add.
+	cfg, err := pgx.ParseConfig(tg.ConnString)
+	if err != nil {
+		return err
+	}
+	if err := entraauth.Hook(tg.Credential)(ctx, cfg); err != nil {
+		return err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	var user string
+	if err := conn.QueryRow(ctx, "select current_user").Scan(&user); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "current_user:", user)
+	return nil
+}
