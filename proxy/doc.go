@@ -1,0 +1,29 @@
+// Package proxy is a local PostgreSQL proxy that logs clients in to Azure
+// Database for PostgreSQL with Microsoft Entra ID tokens, for tools that
+// cannot run a command for their password: DBeaver, DataGrip, pg_dump in a
+// cron job, an application in another language. It is the engine of
+// "pgentra proxy".
+//
+// A client connects to the proxy as to any PostgreSQL server. The proxy
+// reads its startup message (answering SSLRequest with TLS when
+// Config.TLSConfig is set, else 'N', and GSSENCRequest with 'N'), checks
+// the optional local password, and logs in to the upstream server with
+// pgconn: a token from the Config.TokenSource (one cache for every session)
+// as the password, the token's principal as the user (unless Config.User
+// or the upstream connection string names one), the client's database and
+// startup parameters (application_name, options, …), and the upstream
+// connection string's TLS settings (verify-full recommended). It then hands
+// the client AuthenticationOk, the upstream's ParameterStatus messages, a
+// BackendKeyData of its own and ReadyForQuery, and relays bytes both ways
+// until either side ends.
+//
+// Cancel requests work: each session's client gets a random process ID
+// and secret, which the proxy maps to the upstream backend's key, so a
+// CancelRequest reaches the right backend, over TLS when the session used
+// TLS. A failure to open the upstream session (credential, TLS, login)
+// reaches the client as an ErrorResponse with the reason.
+//
+// The token never appears in a log line or an error. Anyone who can
+// connect to the proxy acts as its identity: listen on loopback or a unix
+// socket, and set Config.LocalPassword on shared machines.
+package proxy

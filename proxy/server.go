@@ -1,0 +1,425 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgentra/entraauth"
+)
+
+// Defaults of Config's timeouts.
+const (
+	DefaultStartupTimeout = 30 * time.Second
+	DefaultConnectTimeout = 30 * time.Second
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Config configures a Server.
+type Config struct {
+	// Upstream is a pgx connection string for the server sessions go to,
+	// such as "host=srv.postgres.database.azure.com sslmode=verify-full".
+	// It sets the host, port, TLS settings (sslmode, sslrootcert), timeouts
+	// and defaults for the database and runtime parameters; each client's
+	// database and startup parameters override those. A user it names is
+	// used for every session unless User is set; with none (and no
+	// PGUSER), the user is the token's principal. A password in it is
+	// ignored: the token replaces it. Required.
+	Upstream string
+	// TokenSource supplies the tokens; one TokenSource is one token cache
+	// for every session. Required.
+	TokenSource *entraauth.TokenSource
+	// User, if set, is the upstream user of every session, whatever the
+	// client asks for. Empty: Upstream's user, else the token's principal.
+	User string
+	// LocalPassword, if set, is a password every client must give (asked
+	// for in cleartext on the client's connection to the proxy) before the
+	// proxy logs in upstream, so other local users cannot borrow the
+	// identity. Empty: any client that can connect gets a session.
+	LocalPassword string
+	// TLSConfig, if set, is the server side TLS configuration offered to
+	// clients that send SSLRequest. Nil: clients are told TLS is not
+	// available ('N') and talk to the proxy in plaintext.
+	TLSConfig *tls.Config
+	// MaxConnections limits the open sessions; a client over the limit
+	// gets SQLSTATE 53300. Zero means no limit. Cancel requests do not
+	// count.
+	MaxConnections int
+	// StartupTimeout bounds a client's startup (TLS, startup message and
+	// local password). Default DefaultStartupTimeout.
+	StartupTimeout time.Duration
+	// ConnectTimeout bounds getting a token and logging in upstream, and
+	// each forwarded cancel request. Default DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// Logger gets one line per session opened and closed, and warnings.
+	// Tokens are never logged. Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is a PostgreSQL proxy that logs each client in to the upstream
+// server with an Entra token and relays the session. Create one with New,
+// start it with Serve, stop it with Shutdown or Close.
+type Server struct {
+	cfg  Config
+	base *pgx.ConnConfig
+	log  *slog.Logger
+	keys cancelKeys
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{} // every client connection being served
+	closed    bool
+	slots     int // open sessions, for MaxConnections
+	wg        sync.WaitGroup
+	idle      chan struct{} // closed and replaced when conns becomes empty
+
+	nextID                           atomic.Uint64
+	opened, failed                   atomic.Int64
+	cancelsForwarded, cancelsIgnored atomic.Int64
+}
+
+// Stats counts a Server's work.
+type Stats struct {
+	// Open is the number of sessions being relayed now.
+	Open int
+	// Opened counts sessions that logged in upstream.
+	Opened int64
+	// Failed counts clients whose startup or upstream login failed,
+	// including those over MaxConnections.
+	Failed int64
+	// CancelsForwarded counts cancel requests sent to the upstream server.
+	CancelsForwarded int64
+	// CancelsIgnored counts cancel requests whose key matched no session.
+	CancelsIgnored int64
+}
+
+// New checks cfg and returns a Server. Nothing is dialled until a client
+// connects.
+func New(cfg Config) (*Server, error) {
+	if cfg.TokenSource == nil {
+		return nil, errors.New("proxy: Config.TokenSource is required")
+	}
+	if cfg.Upstream == "" {
+		return nil, errors.New("proxy: Config.Upstream is required")
+	}
+	base, err := pgx.ParseConfig(cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: Config.Upstream: %w", err)
+	}
+	base.Password = ""
+	if cfg.MaxConnections < 0 {
+		return nil, errors.New("proxy: Config.MaxConnections must not be negative")
+	}
+	if cfg.StartupTimeout <= 0 {
+		cfg.StartupTimeout = DefaultStartupTimeout
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{
+		cfg: cfg, base: base, log: log,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[net.Conn]struct{}{},
+		idle:      make(chan struct{}),
+	}, nil
+}
+
+// Serve accepts client connections on l and serves each in its own
+// goroutine until Shutdown or Close, when it returns ErrServerClosed. It
+// may be called for several listeners (TCP and a unix socket). l is closed
+// when Serve returns.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var delay time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("pgentra proxy: accept failed; retrying", "error", err.Error(), "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !s.track(conn) {
+			conn.Close()
+			return ErrServerClosed
+		}
+		go s.serveConn(conn)
+	}
+}
+
+// isTemporary reports accept errors worth retrying, such as running out
+// of file descriptors.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// track registers a client connection; false once the server is closed.
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	if len(s.conns) == 0 {
+		close(s.idle)
+		s.idle = make(chan struct{})
+	}
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting connections (closing the listeners), then
+// waits for open sessions to end on their own, or for ctx to end, when it
+// closes those left and returns ctx's error. New cancel requests for the
+// sessions still open are forwarded while it waits.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	for {
+		s.mu.Lock()
+		n, idle := len(s.conns), s.idle
+		s.mu.Unlock()
+		if n == 0 {
+			s.wg.Wait()
+			return nil
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			s.closeConns()
+			s.wg.Wait()
+			return ctx.Err()
+		}
+	}
+}
+
+// Close stops accepting connections and closes every session at once.
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.closeConns()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+}
+
+// closeConns closes every client connection; each session then closes its
+// upstream connection as its relay ends.
+func (s *Server) closeConns() {
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	open := s.slots
+	s.mu.Unlock()
+	return Stats{
+		Open: open, Opened: s.opened.Load(), Failed: s.failed.Load(),
+		CancelsForwarded: s.cancelsForwarded.Load(), CancelsIgnored: s.cancelsIgnored.Load(),
+	}
+}
+
+// acquire takes a session slot; false when MaxConnections are open.
+func (s *Server) acquire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.MaxConnections > 0 && s.slots >= s.cfg.MaxConnections {
+		return false
+	}
+	s.slots++
+	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.slots--
+	s.mu.Unlock()
+}
+
+// serveConn serves one client connection: a cancel request, or a session.
+func (s *Server) serveConn(raw net.Conn) {
+	defer s.untrack(raw)
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+	hello, err := readHello(raw, s.cfg.TLSConfig)
+	if err != nil {
+		s.refuse(raw, nil, 0, err)
+		return
+	}
+	if hello.cancel != nil {
+		_ = raw.SetDeadline(time.Time{})
+		s.forwardCancel(context.Background(), addrString(raw.RemoteAddr()), hello.cancel)
+		return
+	}
+	s.serveSession(hello)
+}
+
+// serveSession authenticates the client, logs in upstream, hands the
+// client the upstream's session state, and relays until either side ends.
+func (s *Server) serveSession(h *clientHello) {
+	id := s.nextID.Add(1)
+	conn := h.conn
+	if h.tls {
+		// Closing the TLS connection, too, sends close_notify.
+		defer conn.Close()
+	}
+	w := bufio.NewWriterSize(conn, 4096)
+	negotiate, params := negotiation(h.startup)
+	clientUser, database := params["user"], params["database"]
+	if database == "" {
+		database = clientUser // PostgreSQL's default
+	}
+	if negotiate != nil {
+		if msg, err := negotiate.Encode(nil); err == nil {
+			_, _ = w.Write(msg)
+		}
+	}
+	if s.cfg.LocalPassword != "" {
+		if err := checkPassword(conn, w, clientUser, s.cfg.LocalPassword); err != nil {
+			s.refuse(conn, w, id, err)
+			return
+		}
+	}
+	if !s.acquire() {
+		s.refuse(conn, w, id, &clientError{code: "53300", msg: "sorry, too many clients already",
+			detail: fmt.Sprintf("pgentra proxy allows %d sessions (--max-connections).", s.cfg.MaxConnections)})
+		return
+	}
+	defer s.release()
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
+	up, err := s.dialUpstream(ctx, database, params)
+	cancel()
+	if err != nil {
+		s.refuse(conn, w, id, err)
+		return
+	}
+	defer up.conn.Close()
+	key, err := s.keys.add(up.cancel)
+	if err != nil {
+		s.refuse(conn, w, id, err)
+		return
+	}
+	defer s.keys.remove(key.ProcessID)
+
+	buf := make([]byte, 0, 512)
+	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
+	for k, v := range up.params {
+		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
+	}
+	buf, _ = key.Encode(buf)
+	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
+	if _, err := w.Write(buf); err != nil {
+		return
+	}
+	if err := w.Flush(); err != nil {
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+
+	s.opened.Add(1)
+	start := time.Now()
+	s.log.Info("pgentra proxy: session opened", "session", id, "client", conn.RemoteAddr().String(),
+		"database", database, "user", up.user, "application_name", params["application_name"], "client_tls", h.tls)
+	toServer, toClient, err := relay(conn, up.conn)
+	attrs := []any{"session", id, "duration", time.Since(start).Round(time.Millisecond),
+		"bytes_from_client", toServer, "bytes_to_client", toClient}
+	if err != nil {
+		attrs = append(attrs, "error", oneLine(err.Error()))
+	}
+	s.log.Info("pgentra proxy: session closed", attrs...)
+}
+
+// refuse tells a client why it gets no session, with an ErrorResponse
+// (unless the connection itself failed), and logs one line.
+func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
+	s.failed.Add(1)
+	var ce *clientError
+	var ue *upstreamError
+	if errors.As(err, &ce) || errors.As(err, &ue) {
+		if w == nil {
+			w = bufio.NewWriter(conn)
+		}
+		_, _ = w.Write(errorResponse(nil, err))
+		_ = w.Flush()
+	}
+	attrs := []any{"client", addrString(conn.RemoteAddr()), "error", oneLine(err.Error())}
+	if id != 0 {
+		attrs = append([]any{"session", id}, attrs...)
+	}
+	level := slog.LevelWarn
+	if errors.Is(err, io.EOF) {
+		level = slog.LevelDebug // a client (or a port probe) that left before its startup message
+	}
+	s.log.Log(context.Background(), level, "pgentra proxy: session refused", attrs...)
+}
+
+// addrString prints a client address; a unix socket's peer has none.
+func addrString(a net.Addr) string {
+	if a == nil || a.String() == "" {
+		return "unix socket"
+	}
+	return a.String()
+}

@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Codes of the messages a client may open a connection with.
+const (
+	codeSSLRequest    = 80877103
+	codeGSSENCRequest = 80877104
+	codeCancelRequest = 80877102
+)
+
+// maxStartupLen bounds a startup packet, as PostgreSQL does (10000 bytes).
+const maxStartupLen = 10000
+
+// maxPasswordLen bounds the password message of the local password.
+const maxPasswordLen = 1000
+
+// clientHello is what a client opened its connection for: a session
+// (startup) or a cancel request (cancel).
+type clientHello struct {
+	conn    net.Conn // the client connection, TLS-wrapped if the client asked for it
+	startup *pgproto3.StartupMessage
+	cancel  *pgproto3.CancelRequest
+	tls     bool
+}
+
+// readHello reads a client's first packets: SSLRequest and GSSENCRequest
+// are answered ('S' with a TLS config, else 'N') until a StartupMessage or a
+// CancelRequest arrives. Packets are read with exact lengths, never ahead,
+// so no byte of the client's is left in a buffer when the relay starts.
+func readHello(conn net.Conn, tlsConfig *tls.Config) (*clientHello, error) {
+	h := &clientHello{conn: conn}
+	triedSSL, triedGSS := false, false
+	for {
+		body, err := readStartupPacket(h.conn)
+		if err != nil {
+			return nil, err
+		}
+		code := binary.BigEndian.Uint32(body)
+		switch {
+		case code == codeSSLRequest && !triedSSL && !h.tls:
+			triedSSL = true
+			if tlsConfig == nil {
+				if _, err := h.conn.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := h.conn.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(h.conn, tlsConfig)
+			if err := tc.Handshake(); err != nil {
+				return nil, fmt.Errorf("client TLS handshake: %w", err)
+			}
+			h.conn, h.tls = tc, true
+		case code == codeGSSENCRequest && !triedGSS && !h.tls:
+			triedGSS = true
+			if _, err := h.conn.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case code == codeCancelRequest:
+			var req pgproto3.CancelRequest
+			if err := req.Decode(body); err != nil {
+				return nil, err
+			}
+			h.cancel = &req
+			return h, nil
+		case code>>16 == 3:
+			if code != pgproto3.ProtocolVersion30 && code != pgproto3.ProtocolVersion32 {
+				// A 3.x newer than we know: decode it as 3.2 and
+				// negotiate down, as PostgreSQL does.
+				binary.BigEndian.PutUint32(body, pgproto3.ProtocolVersion32)
+			}
+			var msg pgproto3.StartupMessage
+			if err := msg.Decode(body); err != nil {
+				return nil, err
+			}
+			msg.ProtocolVersion = code
+			h.startup = &msg
+			return h, nil
+		default:
+			return nil, &clientError{code: "08P01", msg: fmt.Sprintf("unsupported frontend protocol or request code %d", code)}
+		}
+	}
+}
+
+// readStartupPacket reads one length-prefixed startup packet and returns
+// its body (from the code on).
+func readStartupPacket(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr[:]))) - 4
+	if n < 4 || n > maxStartupLen {
+		return nil, &clientError{code: "08P01", msg: fmt.Sprintf("invalid length of startup packet: %d", n+4)}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("reading the startup packet: %w", err)
+	}
+	return body, nil
+}
+
+// negotiation returns the NegotiateProtocolVersion message a client needs
+// (nil if none) and the startup parameters it sent that go upstream.
+// The proxy speaks protocol 3.0 to clients: newer minor versions and
+// protocol options ("_pq_." parameters) are declined, as PostgreSQL does.
+func negotiation(msg *pgproto3.StartupMessage) (*pgproto3.NegotiateProtocolVersion, map[string]string) {
+	params := make(map[string]string, len(msg.Parameters))
+	var unknown []string
+	for k, v := range msg.Parameters {
+		if strings.HasPrefix(k, "_pq_.") {
+			unknown = append(unknown, k)
+			continue
+		}
+		params[k] = v
+	}
+	if msg.ProtocolVersion == pgproto3.ProtocolVersion30 && len(unknown) == 0 {
+		return nil, params
+	}
+	return &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}, params
+}
+
+// checkPassword asks the client for its password in cleartext and compares
+// it with want in constant time. The client's connection is the proxy's
+// own (loopback, a unix socket, or TLS), not the network to the server.
+func checkPassword(conn net.Conn, w *bufio.Writer, user, want string) error {
+	msg, err := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return fmt.Errorf("reading the password: %w", err)
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr[1:]))) - 4
+	if hdr[0] != 'p' || n < 1 || n > maxPasswordLen {
+		return &clientError{code: "08P01", msg: "expected a password message"}
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(conn, body); err != nil {
+		return fmt.Errorf("reading the password: %w", err)
+	}
+	var pm pgproto3.PasswordMessage
+	if err := pm.Decode(body); err != nil {
+		return &clientError{code: "08P01", msg: "malformed password message"}
+	}
+	got, exp := sha256.Sum256([]byte(pm.Password)), sha256.Sum256([]byte(want))
+	if subtle.ConstantTimeCompare(got[:], exp[:]) != 1 {
+		return &clientError{code: "28P01", msg: fmt.Sprintf("password authentication failed for user %q", user), detail: "The proxy's local password (--local-password-file) did not match."}
+	}
+	return nil
+}
+
+// clientError is a failure the client is told about in an ErrorResponse.
+type clientError struct {
+	code   string // SQLSTATE
+	msg    string
+	detail string
+	hint   string
+}
+
+func (e *clientError) Error() string { return e.msg }
+
+// errorResponse encodes err as a FATAL ErrorResponse onto buf. A
+// *pgconn.PgError from the upstream keeps its fields; anything else gets
+// SQLSTATE 08006 unless it is a clientError.
+func errorResponse(buf []byte, err error) []byte {
+	er := &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08006", Message: oneLine(err.Error())}
+	var ce *clientError
+	var ue *upstreamError
+	switch {
+	case errors.As(err, &ce):
+		er.Code, er.Message, er.Detail, er.Hint = ce.code, ce.msg, ce.detail, ce.hint
+	case errors.As(err, &ue):
+		er = ue.response()
+	}
+	out, encErr := er.Encode(buf)
+	if encErr != nil {
+		return buf
+	}
+	return out
+}
+
+// oneLine joins a multi-line message (azidentity's have troubleshooting
+// links on lines of their own) into one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
