@@ -1,0 +1,403 @@
+package bench
+
+// Each benchmark runs its variants as sub-benchmarks named auth=<variant>,
+// the static-password floor first, so that
+//
+//	benchstat -col /auth results.txt
+//
+// prints every variant as a ratio against the floor of the same run.
+// Custom figures go through b.ReportMetric (cred-calls/op, max-connect-ms,
+// …). See BENCHMARKS.md for the commands and the figures.
+
+import (
+	"context"
+	"crypto/tls"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgentra/entraauth"
+	"github.com/pgentra/entraauth/entratest"
+)
+
+// BenchmarkWarmHook measures one call of each BeforeConnect with a token
+// already cached: what a connection pays before it dials. No server is
+// involved.
+func BenchmarkWarmHook(b *testing.B) {
+	unsetenv(b, "PGUSER")
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const host = "host=bench.postgres.database.azure.com dbname=app sslmode=verify-full"
+	named := parseConfig(b, host+" user="+relayUser.UPN)
+	unnamed := parseConfig(b, host) // pgx fills in the OS user: entraauth takes the name from the token
+
+	run := func(name string, base *pgx.ConnConfig, hook Hook, calls func() int64) {
+		b.Run("auth="+name, func(b *testing.B) {
+			ctx := context.Background()
+			cfg := base.Copy()
+			user := cfg.User
+			if err := hook(ctx, cfg); err != nil { // warm: fetch and cache the token
+				b.Fatal(err)
+			}
+			c0 := calls()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				cfg.User = user // as each pool connect starts from the parsed config
+				if err := hook(ctx, cfg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(calls()-c0)/float64(b.N), "cred-calls/op")
+		})
+	}
+	none := func() int64 { return 0 }
+
+	run("static", named, staticHook(longTokenFor(b, iss, relayUser)), none)
+
+	cred := entratest.NewCredential(iss, relayUser)
+	run("entraauth", named, entraauth.Hook(cred), cred.Calls)
+
+	derived := entratest.NewCredential(iss, relayUser)
+	run("entraauth-derived-user", unnamed, entraauth.Hook(derived), derived.Calls)
+
+	// The fake credential has no latency here: each call costs what
+	// minting a token costs (an RS256 signature), the least a real
+	// identity service round trip could cost.
+	per := entratest.NewCredential(iss, relayUser)
+	run("per-connection", named, perConnectionHook(per), per.Calls)
+}
+
+// BenchmarkClockRead measures time.Now, which the warm hook must call
+// once to compare the cached token's refresh point with the wall clock:
+// on virtual machines it can be most of the hook's cost.
+func BenchmarkClockRead(b *testing.B) {
+	var t time.Time
+	for b.Loop() {
+		t = time.Now()
+	}
+	_ = t
+}
+
+func longTokenFor(tb testing.TB, iss *entratest.Issuer, p entratest.Principal) string {
+	tb.Helper()
+	at, err := iss.Mint(p, entratest.ScopePublic, 24*time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return at.Token
+}
+
+// coldPoolSize is MinConns and MaxConns of the cold pool.
+const coldPoolSize = 32
+
+// coldPoolLatency is the credential's latency in BenchmarkColdPool.
+const coldPoolLatency = 300 * time.Millisecond
+
+// BenchmarkColdPool measures the time from pgxpool.NewWithConfig until a
+// pool with MinConns = MaxConns = 32 holds 32 idle connections (the
+// warm-up pgxpool runs in the background), and how many credential calls
+// that took. ns/op is that time. Each op starts from a new hook (a new
+// TokenSource, nothing cached) and a new credential.
+func BenchmarkColdPool(b *testing.B) {
+	e := startEnv(b)
+
+	b.Run("path=direct", func(b *testing.B) {
+		password := e.directStaticPassword(b)
+		b.Run("auth=static", func(b *testing.B) {
+			coldPool(b, e.directConnString(), func() (Hook, func() int64) {
+				return staticHook(password), func() int64 { return 0 }
+			})
+		})
+		b.Run("auth=entraauth", func(b *testing.B) {
+			coldPool(b, e.directConnString(), func() (Hook, func() int64) {
+				cred := newRoleCredential(e, coldPoolLatency)
+				return entraauth.Hook(cred), cred.calls.Load
+			})
+		})
+	})
+
+	b.Run("path=relay", func(b *testing.B) {
+		password := e.longToken(b, relayUser)
+		b.Run("auth=static", func(b *testing.B) {
+			coldPool(b, e.relayConnString(), func() (Hook, func() int64) {
+				return staticHook(password), func() int64 { return 0 }
+			})
+		})
+		b.Run("auth=entraauth", func(b *testing.B) {
+			coldPool(b, e.relayConnString(), func() (Hook, func() int64) {
+				cred := entratest.NewCredential(e.iss, relayUser)
+				cred.SetLatency(coldPoolLatency)
+				return entraauth.Hook(cred), cred.Calls
+			})
+		})
+		b.Run("auth=entraauth-azcli", func(b *testing.B) {
+			// The real azidentity.AzureCLICredential running the fake az:
+			// each call starts /bin/sh and the az script, then waits the
+			// latency.
+			az, err := entratest.NewAzureCLI(e.iss, relayUser)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(az.Close)
+			az.SetLatency(coldPoolLatency)
+			az.Setenv(b)
+			coldPool(b, e.relayConnString(), func() (Hook, func() int64) {
+				cred, err := azidentity.NewAzureCLICredential(nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := az.Invocations()
+				return entraauth.Hook(cred), func() int64 { return az.Invocations() - start }
+			})
+		})
+		b.Run("auth=per-connection", func(b *testing.B) {
+			coldPool(b, e.relayConnString(), func() (Hook, func() int64) {
+				cred := entratest.NewCredential(e.iss, relayUser)
+				cred.SetLatency(coldPoolLatency)
+				return perConnectionHook(cred), cred.Calls
+			})
+		})
+	})
+}
+
+// coldPool runs b.N cold starts of a pool; newHook returns a fresh hook
+// and a count of the credential calls it has made.
+func coldPool(b *testing.B, connString string, newHook func() (Hook, func() int64)) {
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MinConns, cfg.MaxConns = coldPoolSize, coldPoolSize
+	var calls int64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		hook, callCount := newHook()
+		c := cfg.Copy()
+		c.BeforeConnect = hook
+		b.StartTimer()
+
+		pool, err := pgxpool.NewWithConfig(context.Background(), c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitIdle(b, pool, coldPoolSize)
+
+		b.StopTimer()
+		calls += callCount()
+		pool.Close()
+		time.Sleep(100 * time.Millisecond) // let the server reap the sessions before the next op
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(calls)/float64(b.N), "cred-calls/op")
+}
+
+// waitIdle waits until pool holds n idle connections.
+func waitIdle(b *testing.B, pool *pgxpool.Pool, n int32) {
+	deadline := time.Now().Add(30 * time.Second)
+	for pool.Stat().IdleConns() < n {
+		if time.Now().After(deadline) {
+			s := pool.Stat()
+			pool.Close()
+			b.Fatalf("pool not ready after 30 s: %d idle, %d total, %d constructing (did the connections fail? try the test TestVariantsAuthenticate)",
+				s.IdleConns(), s.TotalConns(), s.ConstructingConns())
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+}
+
+// Refresh stall settings: tokens live a few seconds, so each window of
+// connects crosses the refresh point (half-life) more than once, and the
+// credential takes a second to answer.
+const (
+	stallTokenLife = 6 * time.Second
+	stallLatency   = time.Second
+	stallWindow    = 8 * time.Second
+	stallWorkers   = 2
+)
+
+// BenchmarkRefreshStall runs connects without pause from stallWorkers
+// goroutines for stallWindow per op, through the relay path, while the
+// token crosses its refresh point, and reports the slowest connect
+// (max-connect-ms: hook plus pgx.ConnectConfig) and the slowest hook
+// (max-hook-ms: the time a connect spent waiting for a token), with the
+// median and 99th percentile connect for context. ns/op is the
+// window and means nothing. Run it with -benchtime 1x.
+func BenchmarkRefreshStall(b *testing.B) {
+	e := startEnv(b)
+	base := parseConfig(b, e.relayConnString())
+
+	b.Run("auth=static", func(b *testing.B) {
+		refreshStall(b, base, staticHook(e.longToken(b, relayUser)), func() int64 { return 0 })
+	})
+	b.Run("auth=entraauth", func(b *testing.B) {
+		cred := entratest.NewCredential(e.iss, relayUser)
+		cred.SetLifetime(stallTokenLife)
+		cred.SetLatency(stallLatency)
+		ts := entraauth.NewTokenSource(cred)
+		if _, err := ts.Token(context.Background()); err != nil { // the cold fetch is BenchmarkColdPool's business
+			b.Fatal(err)
+		}
+		refreshStall(b, base, ts.BeforeConnect, cred.Calls)
+	})
+	b.Run("auth=per-connection", func(b *testing.B) {
+		cred := entratest.NewCredential(e.iss, relayUser)
+		cred.SetLifetime(stallTokenLife)
+		cred.SetLatency(stallLatency)
+		refreshStall(b, base, perConnectionHook(cred), cred.Calls)
+	})
+}
+
+func refreshStall(b *testing.B, base *pgx.ConnConfig, hook Hook, calls func() int64) {
+	ctx := context.Background()
+	var (
+		mu               sync.Mutex
+		connects, hooks  []time.Duration
+		credCalls, total int64
+	)
+	b.ResetTimer()
+	for range b.N {
+		c0 := calls()
+		end := time.Now().Add(stallWindow)
+		var wg sync.WaitGroup
+		for range stallWorkers {
+			wg.Go(func() {
+				for time.Now().Before(end) {
+					start := time.Now()
+					conn, inHook, err := connect(ctx, base, hook)
+					took := time.Since(start)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_ = conn.Close(ctx)
+					mu.Lock()
+					connects, hooks = append(connects, took), append(hooks, inHook)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		credCalls += calls() - c0
+	}
+	b.StopTimer()
+	total = int64(len(connects))
+	if total == 0 {
+		b.Fatal("no connects")
+	}
+	slices.Sort(connects)
+	b.ReportMetric(ms(connects[len(connects)-1]), "max-connect-ms")
+	b.ReportMetric(ms(connects[len(connects)/2]), "p50-connect-ms")
+	b.ReportMetric(ms(connects[len(connects)*99/100]), "p99-connect-ms")
+	b.ReportMetric(ms(slices.Max(hooks)), "max-hook-ms")
+	b.ReportMetric(float64(total)/float64(b.N), "connects/op")
+	b.ReportMetric(float64(credCalls)/float64(b.N), "cred-calls/op")
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkConnect measures sequential connect and close over verified TLS
+// to PostgreSQL itself (the direct path), token already cached: ns/op is
+// the inverse of connect throughput.
+func BenchmarkConnect(b *testing.B) {
+	e := startEnv(b)
+	base := parseConfig(b, e.directConnString())
+	run := func(name string, hook Hook) {
+		b.Run("auth="+name, func(b *testing.B) {
+			ctx := context.Background()
+			conn, _, err := connect(ctx, base, hook) // warm: fetch and cache the token
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = conn.Close(ctx)
+			b.ResetTimer()
+			for b.Loop() {
+				conn, _, err := connect(ctx, base, hook)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := conn.Close(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	run("static", staticHook(e.directStaticPassword(b)))
+	run("entraauth", entraauth.Hook(newRoleCredential(e, 0)))
+}
+
+// TestVariantsAuthenticate checks that every variant the benchmarks
+// compare logs in, on its path, as the role it is meant to, over TLS:
+// a benchmark of connects that fail would measure nothing.
+func TestVariantsAuthenticate(t *testing.T) {
+	e := startEnv(t)
+	az, err := entratest.NewAzureCLI(e.iss, relayUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(az.Close)
+	az.Setenv(t)
+	azCred, err := azidentity.NewAzureCLICredential(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roleCred := newRoleCredential(e, 0)
+	relayCred := entratest.NewCredential(e.iss, relayUser)
+	perCred := entratest.NewCredential(e.iss, relayUser)
+
+	for _, tc := range []struct {
+		name, connString, user string
+		hook                   func() Hook
+		calls                  func() int64
+		wantCalls              int64
+	}{
+		{"direct/static", e.directConnString(), directUser.UPN,
+			func() Hook { return staticHook(e.directStaticPassword(t)) }, nil, 0},
+		{"direct/entraauth", e.directConnString(), directUser.UPN,
+			func() Hook { return entraauth.Hook(roleCred) }, roleCred.calls.Load, 1},
+		{"relay/static", e.relayConnString(), relayUser.UPN,
+			func() Hook { return staticHook(e.longToken(t, relayUser)) }, nil, 0},
+		{"relay/entraauth", e.relayConnString(), relayUser.UPN,
+			func() Hook { return entraauth.Hook(relayCred) }, relayCred.Calls, 1},
+		{"relay/entraauth-azcli", e.relayConnString(), relayUser.UPN,
+			func() Hook { return entraauth.Hook(azCred) }, az.Invocations, 1},
+		{"relay/per-connection", e.relayConnString(), relayUser.UPN,
+			func() Hook { return perConnectionHook(perCred) }, perCred.Calls, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			base := parseConfig(t, tc.connString)
+			hook := tc.hook()
+			for range 3 {
+				conn, _, err := connect(ctx, base, hook)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, overTLS := conn.PgConn().Conn().(*tls.Conn)
+				var user string
+				err = conn.QueryRow(ctx, "select current_user").Scan(&user)
+				_ = conn.Close(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if user != tc.user || !overTLS {
+					t.Fatalf("current_user = %q, TLS = %v; want %q over TLS", user, overTLS, tc.user)
+				}
+			}
+			if tc.calls != nil {
+				if got := tc.calls(); got != tc.wantCalls {
+					t.Errorf("credential calls for 3 connects = %d, want %d", got, tc.wantCalls)
+				}
+			}
+		})
+	}
+}
