@@ -1,31 +1,126 @@
 // Package entraauth makes Microsoft Entra ID authentication to Azure
-// Database for PostgreSQL just work for pgx pools and database/sql.
+// Database for PostgreSQL just work for pgx and database/sql, and so for
+// every Go library built on them.
 //
 // Azure Database for PostgreSQL accepts an Entra access token as the
 // password of a principal-named role. entraauth fetches that token from any
 // azcore.TokenCredential, caches it, refreshes it ahead of expiry in the
 // background, shares one fetch among every connection that needs it, fills
 // in the user name from the token's claims, and refuses to send the token
-// without TLS.
+// without TLS. The connection string names no password and, usually, no
+// user. Nothing needs closing and no goroutine outlives a token fetch.
 //
-// With a pgx pool:
+// Every snippet below starts from a credential and a connection string:
 //
-//	cred, _ := azidentity.NewDefaultAzureCredential(nil)
-//	cfg, _ := pgxpool.ParseConfig("host=srv.postgres.database.azure.com dbname=app sslmode=verify-full")
+//	cred, err := azidentity.NewDefaultAzureCredential(nil)
+//	dsn := "host=mysrv.postgres.database.azure.com dbname=app sslmode=verify-full"
+//
+// # pgxpool
+//
+// Set the pool's BeforeConnect to Hook; every new connection gets the
+// cached token:
+//
+//	cfg, err := pgxpool.ParseConfig(dsn)
 //	cfg.BeforeConnect = entraauth.Hook(cred)
-//	pool, _ := pgxpool.NewWithConfig(ctx, cfg)
+//	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 //
-// With database/sql (and so GORM, sqlx, bun and ent):
+// # database/sql
 //
-//	db := sql.OpenDB(entraauth.Connector("host=srv.postgres.database.azure.com dbname=app sslmode=verify-full", cred))
+// Open the DB on Connector instead of a driver name and DSN:
 //
-// Several pools can share one token cache through a TokenSource:
+//	db := sql.OpenDB(entraauth.Connector(dsn, cred))
+//
+// A connection string pgx cannot parse, or a credential that fails, is
+// reported by db.PingContext and the first query.
+//
+// # GORM, sqlx, bun, ent
+//
+// Each takes an existing *sql.DB: open it on Connector as above and hand it
+// over instead of a DSN.
+//
+//	gormDB, err := gorm.Open(postgres.New(postgres.Config{Conn: db}), &gorm.Config{}) // gorm.io/driver/postgres
+//	sqlxDB := sqlx.NewDb(db, "pgx")                                                  // github.com/jmoiron/sqlx
+//	bunDB := bun.NewDB(db, pgdialect.New())                                          // github.com/uptrace/bun, in place of pgdriver
+//	client := ent.NewClient(ent.Driver(entsql.OpenDB(dialect.Postgres, db)))         // entgo.io/ent, your generated package ent
+//
+// Runnable programs for each, tested against a local emulator, are in the
+// module github.com/pgentra/entraauth/examples/orm.
+//
+// # A single pgx connection
+//
+// pgx.Connect takes no hook: parse the configuration, let Hook (or a
+// TokenSource's BeforeConnect) fill in the user and token, then connect.
+//
+//	cfg, err := pgx.ParseConfig(dsn)
+//	err = entraauth.Hook(cred)(ctx, cfg)
+//	conn, err := pgx.ConnectConfig(ctx, cfg)
+//
+// An open connection outlives its token, but each new connection needs a
+// current one: for connections opened over time, keep one TokenSource and
+// call its BeforeConnect for each, or use a pool.
+//
+// # One token cache for several pools
+//
+// Hook and Connector each make their own TokenSource. To share one token
+// among pools, make the TokenSource yourself:
 //
 //	ts := entraauth.NewTokenSource(cred)
 //	cfg.BeforeConnect = ts.BeforeConnect
 //	db := sql.OpenDB(ts.Connector(dsn))
 //
-// Nothing needs closing and no goroutine outlives a token fetch.
+// TokenSource.Token gives the token itself, for a tool that needs it.
+//
+// # Azure Service Connector
+//
+// An app connected with Service Connector finds its server and identity in
+// AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST, _DATABASE, …) and
+// AZURE_POSTGRESQL_CLIENTID. One call reads them, picks the credential and
+// returns a pool or a DB (hand the DB to an ORM as above):
+//
+//	pool, err := entraauth.NewPoolFromEnv(ctx, "")
+//	db, err := entraauth.OpenDBFromEnv("")
+//
+// LoadEnv returns the parsed settings for building a pool of one's own.
+//
+// # Credentials
+//
+// Any azcore.TokenCredential works. The usual ones, from package azidentity:
+//
+//   - NewDefaultAzureCredential(nil): the environment's service principal,
+//     workload identity on AKS, a managed identity (a user-assigned one
+//     named by AZURE_CLIENT_ID), then the developer tools (az login, azd
+//     auth login, Azure PowerShell). One line for local development and
+//     production.
+//   - NewManagedIdentityCredential with ID: azidentity.ClientID("…"): a
+//     user-assigned managed identity. entraauth finds its role name (the
+//     identity's name) from an Azure Resource Manager token.
+//   - NewWorkloadIdentityCredential(nil): AKS workload identity, from the
+//     variables its webhook sets.
+//   - NewAzureCLICredential(nil): whoever ran az login.
+//
+// Service principals' tokens carry no name: set the role with WithUser or
+// user= in the connection string.
+//
+// # psql, pgAdmin and other tools
+//
+// The pgentra command (github.com/pgentra/entraauth/cmd/pgentra) prints a
+// token for PGPASSWORD or pgAdmin's password exec command, and runs psql
+// with one:
+//
+//	PGPASSWORD=$(pgentra token) psql "host=mysrv.postgres.database.azure.com dbname=app user=alice@contoso.com sslmode=verify-full"
+//	pgentra psql -h mysrv.postgres.database.azure.com -d app
+//
+// # TLS
+//
+// sslmode=disable over TCP is refused with ErrInsecureTransport and the
+// plaintext attempts of sslmode=prefer and allow are dropped, so the token
+// only travels over TLS. Use sslmode=verify-full; WithRequireVerifiedTLS
+// enforces it.
+//
+// # Testing without Azure
+//
+// Package entratest emulates Entra ID and a PostgreSQL server that checks
+// tokens the way Azure does, on this machine, for tests and demos.
 package entraauth
 
 import (
