@@ -2,6 +2,8 @@ package entraauth_test
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -68,4 +70,47 @@ func ExampleLoadEnv() {
 
 	// Output:
 	// entraauth.EnvConfig{Prefix:NEON_POSTGRESQL ConnString:"host=ep-still-mud-a12aa123.eastus2.azure.neon.tech dbname=neondb user=neondb_owner password=[REDACTED] sslmode=require" Credential:password}
+}
+
+// With a user-assigned managed identity, Service Connector adds its client
+// ID; LoadEnv picks azidentity.ManagedIdentityCredential for it. Nothing
+// is fetched until a connection needs a token, so this runs offline.
+func ExampleLoadEnv_managedIdentity() {
+	// Service Connector sets these for a Go app on App Service; the
+	// example sets them itself.
+	os.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING",
+		"host=mysrv.postgres.database.azure.com port=5432 dbname=app sslmode=require user=orders-api")
+	os.Setenv("AZURE_POSTGRESQL_CLIENTID", "11111111-2222-3333-4444-555555555555")
+	defer os.Unsetenv("AZURE_POSTGRESQL_CONNECTIONSTRING")
+	defer os.Unsetenv("AZURE_POSTGRESQL_CLIENTID")
+
+	ec, err := entraauth.LoadEnv("")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ec.Host, ec.Database, ec.User)
+	fmt.Println(ec.CredentialKind)
+	// ec.ConnString and ec.Credential are what Hook, Connector,
+	// NewPoolFromEnv and OpenDBFromEnv use:
+	db := sql.OpenDB(entraauth.Connector(ec.ConnString, ec.Credential))
+	defer db.Close()
+	// Output:
+	// mysrv.postgres.database.azure.com app orders-api
+	// managed-identity (client id 11111111-2222-3333-4444-555555555555)
+}
+
+// A missing or contradictory variable is an *EnvError naming it, from
+// LoadEnv, NewPoolFromEnv and OpenDBFromEnv alike.
+func ExampleOpenDBFromEnv_missing() {
+	os.Unsetenv("AZURE_POSTGRESQL_CONNECTIONSTRING")
+	os.Unsetenv("AZURE_POSTGRESQL_HOST")
+
+	_, err := entraauth.OpenDBFromEnv("")
+	if errors.Is(err, entraauth.ErrEnv) {
+		var envErr *entraauth.EnvError
+		errors.As(err, &envErr)
+		fmt.Println("variable at fault:", envErr.Var)
+	}
+	// Output:
+	// variable at fault: AZURE_POSTGRESQL_CONNECTIONSTRING
 }

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgentra/entraauth"
+	"github.com/pgentra/entraauth/entratest"
 )
 
 // A pgx pool whose every new connection authenticates with a cached,
@@ -34,6 +37,47 @@ func ExampleHook() {
 	defer pool.Close()
 }
 
+// What the hook does to each new connection's configuration, shown
+// offline with the entratest kit's issuer and credential in place of
+// Entra ID: it sets the user from the token (here a managed identity's
+// name, which its database token lacks, so entraauth reads it from one
+// Azure Resource Manager token) and the token as the password, and it
+// refuses a connection that would send the token without TLS.
+func ExampleHook_offline() {
+	ctx := context.Background()
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cred := entratest.NewCredential(iss, entratest.ManagedIdentity("orders-api"))
+	hook := entraauth.Hook(cred)
+
+	os.Unsetenv("PGUSER") // a user named by PGUSER would be kept
+	cfg, err := pgx.ParseConfig("host=mysrv.postgres.database.azure.com dbname=app sslmode=verify-full")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := hook(ctx, cfg); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("user:", cfg.User)
+	_, err = iss.Verify(cfg.Password, entratest.ScopePublic)
+	fmt.Println("password is a database token:", err == nil)
+	fmt.Println("credential asked for:", cred.Scopes())
+
+	cfg, err = pgx.ParseConfig("host=mysrv.postgres.database.azure.com dbname=app sslmode=disable")
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = hook(ctx, cfg)
+	fmt.Println("sslmode=disable refused:", errors.Is(err, entraauth.ErrInsecureTransport), cfg.Password == "")
+	// Output:
+	// user: orders-api
+	// password is a database token: true
+	// credential asked for: [https://ossrdbms-aad.database.windows.net/.default https://management.azure.com/.default]
+	// sslmode=disable refused: true true
+}
+
 // database/sql, and so GORM, sqlx, bun and ent, through a driver.Connector.
 func ExampleConnector() {
 	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
@@ -48,6 +92,26 @@ func ExampleConnector() {
 	if err := db.PingContext(context.Background()); err != nil {
 		log.Print(err)
 	}
+}
+
+// Connector's errors come from db.PingContext (or the first query), before
+// any token is sent: here a connection string that would carry the token
+// without TLS, checked offline with the entratest kit's credential.
+func ExampleConnector_insecure() {
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cred := entratest.NewCredential(iss, entratest.User("alice@contoso.com"))
+	db := sql.OpenDB(entraauth.Connector("host=mysrv.postgres.database.azure.com dbname=app sslmode=disable", cred))
+	defer db.Close()
+
+	err = db.PingContext(context.Background())
+	fmt.Println(errors.Is(err, entraauth.ErrInsecureTransport))
+	fmt.Println("tokens fetched:", cred.Calls())
+	// Output:
+	// true
+	// tokens fetched: 0
 }
 
 // One token cache shared by a pgx pool, a database/sql pool and a single
@@ -84,6 +148,41 @@ func ExampleNewTokenSource() {
 
 	s := ts.Stats()
 	fmt.Println(s.Fetches, s.ExpiresOn)
+}
+
+// One TokenSource, one token: every caller shares the cached token until
+// it is due for refresh. Offline, with the entratest kit's issuer and
+// credential in place of Entra ID.
+func ExampleTokenSource_Token() {
+	ctx := context.Background()
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		log.Fatal(err)
+	}
+	cred := entratest.NewCredential(iss, entratest.User("alice@contoso.com"))
+	ts := entraauth.NewTokenSource(cred)
+
+	first, err := ts.Token(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	second, err := ts.Token(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	user, err := entraauth.UsernameFromToken(first.Value)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("same token:", first.Value == second.Value)
+	fmt.Println("credential calls:", cred.Calls(), "fetches:", ts.Stats().Fetches)
+	fmt.Println("user:", user)
+	fmt.Println("fmt shows the token:", strings.Contains(fmt.Sprintf("%v %+v %#v", first, first, first), first.Value))
+	// Output:
+	// same token: true
+	// credential calls: 1 fetches: 1
+	// user: alice@contoso.com
+	// fmt shows the token: false
 }
 
 // The user name a token maps to: upn, preferred_username or unique_name.
