@@ -12,9 +12,10 @@
 //	err = entraauth.Hook(cred)(ctx, cfg)
 //	conn, err := pgx.ConnectConfig(ctx, cfg)
 //
-// The token is good for the connection's login only: open each later
-// connection the same way (through one entraauth.TokenSource and its
-// BeforeConnect, to share the cached token), or use a pool.
+// An open connection outlives its token, but each new connection needs a
+// current one: open later connections through one entraauth.TokenSource
+// and its BeforeConnect, which keeps the token cached and refreshed, or
+// use a pool.
 //
 // Run it from examples/orm:
 //
