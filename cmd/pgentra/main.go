@@ -10,6 +10,7 @@
 //	pgentra token [flags]                      print an access token and a newline, nothing else
 //	pgentra user [flags]                       print the database user name the token maps to
 //	pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
+//	pgentra proxy --upstream HOST [flags]      a local PostgreSQL proxy that logs clients in with tokens
 //
 // In pgAdmin, set the server's "Password exec command" to
 // "pgentra token --host <server>" and its "Password exec expiration" to a
@@ -60,6 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runUser(ctx, rest, stdout, stderr)
 	case "psql":
 		return runPsql(ctx, rest, stdout, stderr)
+	case "proxy":
+		return runProxy(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -111,6 +114,7 @@ Usage:
   pgentra token [flags]                      print an access token, for PGPASSWORD or pgAdmin
   pgentra user [flags]                       print the database user name the token maps to
   pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
+  pgentra proxy --upstream HOST [flags]      local proxy for any PostgreSQL client ("pgentra proxy --help")
 
 ` + flagsHelp + `
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,

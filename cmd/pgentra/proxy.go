@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pgentra/entraauth/proxy"
+)
+
+const proxyHelp = `Usage: pgentra proxy --upstream HOST[:PORT] [flags]
+
+Listens locally for PostgreSQL clients that cannot run a command for their
+password (DBeaver, DataGrip, pg_dump in cron, applications in any language)
+and logs each one in to the upstream server with a fresh Entra token over
+verified TLS, then relays the session. Clients connect with no password
+(or the local one) and any user name: the upstream user is the token's
+principal unless --user names one. Their database and startup parameters
+(application_name, options, …) go upstream. Cancel requests work.
+SIGINT or SIGTERM stops accepting and lets sessions finish for
+--shutdown-timeout.
+
+Proxy flags:
+  --upstream HOST[:PORT]    the server (default: --host, else the Service
+                            Connector host; port 5432)
+  --listen ADDR             TCP address to listen on (default 127.0.0.1:5432;
+                            "" for none); loopback only unless --allow-remote
+  --unix-socket DIR         also listen on DIR/.s.PGSQL.<port> (mode 0600)
+  --allow-remote            allow a --listen address other than loopback: anyone
+                            who can reach it acts as your identity
+  --user NAME               upstream user (default: the token's principal)
+  --local-password-file F   clients must give the password in F (first line)
+  --tls-cert F, --tls-key F offer TLS to clients with this certificate and key
+  --max-connections N       at most N sessions at once (default 100; 0: no limit)
+  --sslmode MODE            TLS to the upstream: verify-full (default), verify-ca,
+                            require
+  --sslrootcert F           CA file for the upstream's certificate (default: the
+                            system's CA bundle)
+  --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default 30s)
+
+Examples:
+  pgentra proxy --upstream mysrv.postgres.database.azure.com
+  psql "host=127.0.0.1 dbname=postgres"     # in another terminal; no password
+  pgentra proxy --credential managed-identity --upstream mysrv.postgres.database.azure.com \
+      --listen 127.0.0.1:6432 --local-password-file ~/.pgentra-proxy-password
+`
+
+// proxyOptions are the flags of pgentra proxy.
+type proxyOptions struct {
+	upstream, listen, unixSocket, user, passwordFile string
+	tlsCert, tlsKey, sslmode, sslrootcert            string
+	allowRemote                                      bool
+	maxConns                                         int
+	shutdownTimeout                                  time.Duration
+}
+
+// runProxy runs the proxy until ctx ends (SIGINT, SIGTERM).
+func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	var po proxyOptions
+	fs := newFlagSet("proxy", stderr, &o)
+	fs.StringVar(&po.upstream, "upstream", "", "")
+	fs.StringVar(&po.listen, "listen", "127.0.0.1:5432", "")
+	fs.StringVar(&po.unixSocket, "unix-socket", "", "")
+	fs.BoolVar(&po.allowRemote, "allow-remote", false, "")
+	fs.StringVar(&po.user, "user", "", "")
+	fs.StringVar(&po.passwordFile, "local-password-file", "", "")
+	fs.StringVar(&po.tlsCert, "tls-cert", "", "")
+	fs.StringVar(&po.tlsKey, "tls-key", "", "")
+	fs.IntVar(&po.maxConns, "max-connections", 100, "")
+	fs.StringVar(&po.sslmode, "sslmode", "verify-full", "")
+	fs.StringVar(&po.sslrootcert, "sslrootcert", "", "")
+	fs.DurationVar(&po.shutdownTimeout, "shutdown-timeout", 30*time.Second, "")
+	if code, ok := parseFlags(fs, args, proxyHelp, stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return fail(stderr, "proxy", fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0)))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	srv, listeners, err := po.start(&o, log)
+	if err != nil {
+		return fail(stderr, "proxy", err)
+	}
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		log.Info("pgentra proxy: listening", "addr", l.Addr().String())
+		go func() { errc <- srv.Serve(l) }()
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("pgentra proxy: shutting down", "open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
+	case err = <-errc:
+		log.Error("pgentra proxy: listener failed", "error", err.Error())
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), po.shutdownTimeout)
+	defer cancel()
+	code := exitOK
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Warn("pgentra proxy: sessions still open at the shutdown timeout were closed", "error", serr.Error())
+	}
+	if err != nil {
+		code = exitFail
+	}
+	return code
+}
+
+// start checks the flags, builds the proxy and opens its listeners.
+func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []net.Listener, error) {
+	if po.maxConns < 0 {
+		return nil, nil, fmt.Errorf("%w: --max-connections must not be negative", errUsage)
+	}
+	if po.shutdownTimeout < 0 {
+		return nil, nil, fmt.Errorf("%w: --shutdown-timeout must not be negative", errUsage)
+	}
+	switch po.sslmode {
+	case "verify-full", "verify-ca", "require":
+	default:
+		return nil, nil, fmt.Errorf("%w: --sslmode must be verify-full, verify-ca or require (the token never goes without TLS)", errUsage)
+	}
+	if po.listen == "" && po.unixSocket == "" {
+		return nil, nil, fmt.Errorf("%w: nothing to listen on: give --listen or --unix-socket", errUsage)
+	}
+	if po.listen != "" {
+		if err := checkListenAddr(po.listen, po.allowRemote); err != nil {
+			return nil, nil, err
+		}
+	}
+	if (po.tlsCert == "") != (po.tlsKey == "") {
+		return nil, nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
+	}
+	host, port := po.upstream, ""
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		host, port = h, p
+	}
+	t, err := o.resolve(host)
+	if err != nil {
+		return nil, nil, err
+	}
+	if t.ts == nil {
+		return nil, nil, t.passwordModeError()
+	}
+	user := po.user
+	if host == "" {
+		host = t.host
+		if t.env != nil {
+			port = t.env.Port
+			if user == "" {
+				user = t.env.User
+			}
+		}
+	}
+	if host == "" {
+		return nil, nil, fmt.Errorf("%w: --upstream is required", errUsage)
+	}
+	if port == "" {
+		port = "5432"
+	}
+	kv := []string{"host", host, "port", port, "sslmode", po.sslmode}
+	if po.sslrootcert != "" {
+		kv = append(kv, "sslrootcert", po.sslrootcert)
+	} else if bundle := systemCABundle(); bundle != "" && po.sslmode != "require" {
+		kv = append(kv, "sslrootcert", bundle)
+	}
+	if t.env != nil && t.env.Database != "" {
+		kv = append(kv, "dbname", t.env.Database)
+	}
+	cfg := proxy.Config{
+		Upstream:       connString(kv...),
+		TokenSource:    t.ts,
+		User:           user,
+		MaxConnections: po.maxConns,
+		ConnectTimeout: o.timeout,
+		Logger:         log,
+	}
+	if po.passwordFile != "" {
+		if cfg.LocalPassword, err = readPasswordFile(po.passwordFile, log); err != nil {
+			return nil, nil, err
+		}
+	}
+	if po.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(po.tlsCert, po.tlsKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("loading --tls-cert and --tls-key: %w", err)
+		}
+		cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	srv, err := proxy.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if po.allowRemote {
+		log.Warn("pgentra proxy: --allow-remote: anyone who can reach the listen address connects as this identity; set --local-password-file and --tls-cert")
+	}
+	if po.sslmode != "verify-full" {
+		log.Warn("pgentra proxy: the upstream's host name is not verified (--sslmode " + po.sslmode + "); verify-full is recommended")
+	}
+	listeners, err := po.listenAll()
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("pgentra proxy: upstream", "host", host, "port", port, "sslmode", po.sslmode, "user", userOrToken(user))
+	return srv, listeners, nil
+}
+
+func userOrToken(user string) string {
+	if user == "" {
+		return "(the token's principal)"
+	}
+	return user
+}
+
+// checkListenAddr refuses a listen address that is not loopback unless
+// remote clients are allowed.
+func checkListenAddr(addr string, allowRemote bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: --listen %q: %v", errUsage, addr, err)
+	}
+	if allowRemote || host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w: --listen %q is not a loopback address: anyone who can reach it would connect as your identity; "+
+		"add --allow-remote (with --local-password-file and --tls-cert) if you mean it", errUsage, addr)
+}
+
+// listenAll opens the TCP listener and the unix socket asked for.
+func (po *proxyOptions) listenAll() ([]net.Listener, error) {
+	var ls []net.Listener
+	closeAll := func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	if po.listen != "" {
+		l, err := net.Listen("tcp", po.listen)
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	if po.unixSocket != "" {
+		port := "5432"
+		if po.listen != "" {
+			_, port, _ = net.SplitHostPort(ls[0].Addr().String())
+		}
+		path := filepath.Join(po.unixSocket, ".s.PGSQL."+port)
+		removeStaleSocket(path)
+		// Created with mode 0600 under this umask: only this OS user can
+		// connect.
+		l, err := listenUnixPrivate(path)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+// removeStaleSocket removes a socket file nobody listens on, left by a
+// proxy that was killed.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return
+	}
+	_ = os.Remove(path)
+}
+
+// readPasswordFile reads the local password: the file's first line.
+func readPasswordFile(path string, log *slog.Logger) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--local-password-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("pgentra proxy: the local password file is readable by other users; chmod 600 it", "file", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--local-password-file: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimSuffix(pw, "\r")
+	if pw == "" {
+		return "", fmt.Errorf("%w: --local-password-file %s: the first line is empty", errUsage, path)
+	}
+	return pw, nil
+}
+
+// connString builds a key/value connection string from key, value pairs,
+// quoting values.
+func connString(kv ...string) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(kv[i])
+		b.WriteString("='")
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(kv[i+1]))
+		b.WriteByte('\'')
+	}
+	return b.String()
+}
+
+// listenUnixPrivate listens on a unix socket at path that only this OS
+// user can connect to. The socket is made in a private directory, given
+// mode 0600, then moved into place, so it is never open to others.
+func listenUnixPrivate(path string) (net.Listener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".pgentra-proxy-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	l, err := net.Listen("unix", filepath.Join(tmp, "s"))
+	if err != nil {
+		return nil, err
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &unixListener{UnixListener: ul, path: path}, nil
+}
+
+// unixListener removes its socket file when closed.
+type unixListener struct {
+	*net.UnixListener
+	path string
+}
+
+func (l *unixListener) Close() error {
+	err := l.UnixListener.Close()
+	_ = os.Remove(l.path)
+	return err
+}
+
+// Addr reports the socket's final path.
+func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }

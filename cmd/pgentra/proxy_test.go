@@ -1,0 +1,438 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// proxyProc is a running "pgentra proxy".
+type proxyProc struct {
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	done   chan struct{}
+	host   string // the TCP address it listens on
+	port   string
+}
+
+// lockedBuffer collects a child's output while tests read it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var listeningRE = regexp.MustCompile(`msg="pgentra proxy: listening" addr=(\S+)`)
+
+// startProxyCmd runs pgentra proxy with args (listening on a free
+// loopback port unless args say otherwise) and waits until it listens.
+// It is stopped with SIGTERM at the end of the test if still running.
+func startProxyCmd(t *testing.T, env []string, args ...string) *proxyProc {
+	t.Helper()
+	hasListen := false
+	for _, a := range args {
+		hasListen = hasListen || strings.HasPrefix(a, "--listen")
+	}
+	if !hasListen {
+		args = append(args, "--listen", "127.0.0.1:0")
+	}
+	p := &proxyProc{stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(pgentraBin, append([]string{"proxy"}, args...)...)
+	p.cmd.Env = env
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop(t)
+		if strings.Contains(p.stderr.String(), "eyJ") {
+			t.Errorf("the proxy logged something like a token: %s", p.stderr.String())
+		}
+		if t.Failed() {
+			t.Logf("proxy stderr:\n%s", p.stderr.String())
+		}
+	})
+	deadline := time.After(60 * time.Second)
+	for {
+		if m := listeningRE.FindStringSubmatch(p.stderr.String()); m != nil {
+			if h, port, err := net.SplitHostPort(m[1]); err == nil {
+				p.host, p.port = h, port
+			}
+			return p
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("pgentra proxy exited: %s", p.stderr.String())
+		case <-deadline:
+			t.Fatalf("pgentra proxy did not start listening: %s", p.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for the proxy to exit; it returns the exit
+// status.
+func (p *proxyProc) stop(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Error("pgentra proxy did not exit after SIGTERM")
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// env points libpq at the proxy, for database db.
+func (p *proxyProc) env(db string, extra ...string) []string {
+	return childEnv(append([]string{"PGHOST=" + p.host, "PGPORT=" + p.port, "PGDATABASE=" + db}, extra...)...)
+}
+
+// sessionsOpened counts the proxy's "session opened" log lines.
+func (p *proxyProc) sessionsOpened() int {
+	return strings.Count(p.stderr.String(), "pgentra proxy: session opened")
+}
+
+func needPgbench(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		if os.Getenv("ENTRAAUTH_REQUIRE_PG") == "1" {
+			t.Fatal("pgbench is required (ENTRAAUTH_REQUIRE_PG=1):", err)
+		}
+		t.Skip("pgbench not installed (Debian: apt-get install postgresql-contrib or postgresql-client)")
+	}
+}
+
+// proxyArgs are the flags pointing a proxy at f's server, with the fake az.
+func (f *fixture) proxyArgs(extra ...string) []string {
+	return append([]string{"--credential", "cli", "--upstream", f.srv.Addr(), "--sslrootcert", f.srv.CAFile()}, extra...)
+}
+
+// createDB (re)creates a database on f's backend, owned by owner if set.
+func (f *fixture) createDB(t *testing.T, name, owner string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := f.pg.Exec(ctx, fmt.Sprintf(`drop database if exists %q with (force)`, name)); err != nil {
+		t.Fatal(err)
+	}
+	sql := fmt.Sprintf(`create database %q`, name)
+	if owner != "" {
+		sql += fmt.Sprintf(` owner %q`, owner)
+	}
+	if err := f.pg.Exec(ctx, sql); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// psql through the proxy: a query with the client's database and
+// application_name, the token's principal as the user, libpq's default
+// sslmode (prefer: the proxy answers N); \c reconnects with a fresh
+// upstream login; one token for all of it.
+func TestProxyPsql(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	f.createDB(t, "proxy_other", "")
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+
+	r := runCmd(t, p.env("postgres", "PGAPPNAME=psql-via-proxy", "PGUSER=whoever"), "psql", "-X", "-A", "-t", "-c",
+		"select current_user, current_database(), current_setting('application_name'), ssl from pg_stat_ssl where pid = pg_backend_pid()")
+	// ssl is the entratest server's session to PostgreSQL (a unix socket);
+	// the proxy's own upstream TLS is checked by the server's stats.
+	if want := alice.UPN + "|postgres|psql-via-proxy|f\n"; r.code != 0 || r.stdout != want {
+		t.Errorf("psql through the proxy: %+v; want %q", r, want)
+	}
+	if st := f.srv.Stats(); st.Accepted != 1 || st.PlaintextPasswords != 0 {
+		t.Errorf("upstream stats %+v; want one login over TLS", st)
+	}
+
+	// \c to another database: a new session, and a new upstream login.
+	opened := p.sessionsOpened()
+	cmd := exec.Command("psql", "-X", "-A", "-t", "-q")
+	cmd.Env = p.env("postgres")
+	cmd.Stdin = strings.NewReader("select current_database(), pg_backend_pid();\n\\c proxy_other\nselect current_database(), pg_backend_pid();\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql with \\c: %v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "postgres|") || !strings.HasPrefix(lines[1], "proxy_other|") ||
+		strings.TrimPrefix(lines[0], "postgres|") == strings.TrimPrefix(lines[1], "proxy_other|") {
+		t.Fatalf("psql with \\c printed %q; want postgres and then proxy_other, on two backends", out)
+	}
+	if st := f.srv.Stats(); st.Accepted != 3 {
+		t.Errorf("upstream logins: %d; want 3 (\\c logs in again)", st.Accepted)
+	}
+	waitUntil(t, "the proxy to log both sessions", func() bool { return p.sessionsOpened() == opened+2 })
+	if n := az.Invocations(); n != 1 {
+		t.Errorf("az ran %d times; want 1: one token cache for the whole proxy", n)
+	}
+	if st := f.srv.Stats(); st.DistinctTokens != 1 {
+		t.Errorf("distinct tokens upstream: %d", st.DistinctTokens)
+	}
+}
+
+// Ctrl-C in psql sends a cancel request to the proxy with the key the
+// proxy gave it; the proxy forwards it to the right backend: the query
+// ends with 57014, as with pg_cancel_backend, not with the session
+// terminated, and another session's query goes on. (psql stops a script
+// after Ctrl-C; that the session stays usable after a cancel is checked
+// with pgconn in the proxy package's TestProxyCancel.)
+func TestProxyPsqlCancel(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+
+	// A bystander session with a query of its own, which must go on.
+	bystander := exec.Command("psql", "-X", "-A", "-t", "-c", "select pg_sleep(5) -- bystander", "-c", "select 'bystander done'")
+	bystander.Env = p.env("postgres")
+	var bout bytes.Buffer
+	bystander.Stdout, bystander.Stderr = &bout, &bout
+	if err := bystander.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "psql", "-X", "-A", "-t", "-v", "VERBOSITY=verbose", "-c", "select pg_sleep(30)")
+	cmd.Env = p.env("postgres")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitActive(t, "select pg_sleep(30)")
+	f.waitActive(t, "select pg_sleep(5) -- bystander")
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("psql did not end after SIGINT")
+	}
+	// Exit status 1 is a failed query; 2 would be a lost connection.
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(stderr.String(), "ERROR:  57014: canceling statement due to user request") ||
+		strings.Contains(stderr.String(), "FATAL") || strings.Contains(stderr.String(), "closed the connection") {
+		t.Errorf("psql: exit status %d, stderr %q; want the query cancelled with 57014 and the session intact",
+			cmd.ProcessState.ExitCode(), stderr.String())
+	}
+	if n := f.srv.Stats().CancelsForwarded; n != 1 {
+		t.Errorf("the server got %d cancel requests, want 1", n)
+	}
+	if err := bystander.Wait(); err != nil || !strings.Contains(bout.String(), "bystander done") {
+		t.Errorf("the other session's query was disturbed: %v: %s", err, bout.String())
+	}
+}
+
+// waitActive waits until a backend runs query.
+func (f *fixture) waitActive(t *testing.T, query string) {
+	t.Helper()
+	waitUntil(t, "the query "+query, func() bool {
+		var n int
+		err := f.pg.Admin().QueryRow(context.Background(), "select count(*) from pg_stat_activity where query = $1 and state = 'active'", query).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pgbench -i, then pgbench -S, through the proxy.
+func TestProxyPgbench(t *testing.T) {
+	needPgbench(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	f.createDB(t, "proxy_bench", alice.UPN)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	r := runCmd(t, p.env("proxy_bench"), "pgbench", "-i", "-s", "1", "-q")
+	if r.code != 0 || !strings.Contains(r.stderr, "done") {
+		t.Fatalf("pgbench -i: %+v", r)
+	}
+	r = runCmd(t, p.env("proxy_bench"), "pgbench", "-S", "-c", "4", "-j", "2", "-t", "200", "-n")
+	if r.code != 0 || !strings.Contains(r.stdout, "number of transactions actually processed: 800/800") {
+		t.Fatalf("pgbench -S: %+v", r)
+	}
+	if n := az.Invocations(); n != 1 {
+		t.Errorf("az ran %d times", n)
+	}
+}
+
+// An upstream failure reaches psql as an error with the reason, and a
+// wrong local password is refused before any token is asked for.
+func TestProxyPsqlErrors(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("l0cal pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--local-password-file", pwFile)...)
+
+	r := runCmd(t, p.env("postgres", "PGPASSWORD=wrong"), "psql", "-X", "-c", "select 1")
+	if r.code != 2 || !strings.Contains(r.stderr, `password authentication failed for user`) {
+		t.Errorf("a wrong local password: %+v", r)
+	}
+	if n := az.Invocations(); n != 0 {
+		t.Errorf("az ran %d times for a refused client", n)
+	}
+
+	az.FailWith("ERROR: Please run 'az login' to setup account.")
+	r = runCmd(t, p.env("postgres", "PGPASSWORD=l0cal pw"), "psql", "-X", "-c", "select 1")
+	if r.code != 2 || !strings.Contains(r.stderr, "FATAL") || !strings.Contains(r.stderr, "az login") {
+		t.Errorf("with az failing: %+v; want psql to show the credential's error", r)
+	}
+	az.FailWith("")
+	r = runCmd(t, p.env("postgres", "PGPASSWORD=l0cal pw"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("with the local password: %+v", r)
+	}
+	if strings.Contains(p.stderr.String(), "l0cal pw") {
+		t.Error("the local password was logged")
+	}
+}
+
+// A unix socket only this OS user can use, and no TCP listener.
+func TestProxyUnixSocket(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	dir := t.TempDir()
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--listen=", "--unix-socket", dir)...)
+	sock := filepath.Join(dir, ".s.PGSQL.5432")
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v; want a socket with mode 0600", fi.Mode())
+	}
+	r := runCmd(t, childEnv("PGHOST="+dir, "PGPORT=5432", "PGDATABASE=postgres"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("psql over the unix socket: %+v", r)
+	}
+	if code := p.stop(t); code != 0 {
+		t.Errorf("exit status %d after SIGTERM", code)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("the socket file is left after shutdown: %v", err)
+	}
+}
+
+// SIGTERM stops accepting and lets a running session finish.
+func TestProxyGracefulShutdown(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	cmd := exec.Command("psql", "-X", "-A", "-t", "-c", "select pg_sleep(2) -- shutdown", "-c", "select 'finished'")
+	cmd.Env = p.env("postgres")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitActive(t, "select pg_sleep(2) -- shutdown")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the proxy to start shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
+	if c, err := net.Dial("tcp", net.JoinHostPort(p.host, p.port)); err == nil {
+		c.Close()
+		t.Error("the proxy still accepts connections after SIGTERM")
+	}
+	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "finished") {
+		t.Errorf("the session was cut: %v: %s", err, out.String())
+	}
+	if code := p.stop(t); code != 0 {
+		t.Errorf("exit status %d", code)
+	}
+	if !strings.Contains(p.stderr.String(), "session closed") {
+		t.Errorf("no session closed line: %s", p.stderr.String())
+	}
+}
+
+// Flags that would expose the identity or make no sense are refused
+// before anything listens.
+func TestProxyFlags(t *testing.T) {
+	env := childEnv()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--upstream", "srv.example", "--listen", "0.0.0.0:0"}, "--allow-remote"},
+		{[]string{"--upstream", "srv.example", "--listen", ":6432"}, "not a loopback address"},
+		{[]string{"--upstream", "srv.example", "--sslmode", "disable"}, "--sslmode"},
+		{[]string{"--upstream", "srv.example", "--tls-cert", "c.pem"}, "go together"},
+		{[]string{"--upstream", "srv.example", "--listen="}, "nothing to listen on"},
+		{[]string{"--credential", "cli"}, "--upstream is required"},
+		{[]string{"--upstream", "srv.example", "extra"}, "unexpected argument"},
+	} {
+		r := pgentra(t, env, append([]string{"proxy"}, tt.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("pgentra proxy %q: %+v; want exit status 2 and %q", tt.args, r, tt.want)
+		}
+	}
+	r := pgentra(t, env, "proxy", "--help")
+	if r.code != 0 || !strings.Contains(r.stdout, "--upstream") || !strings.Contains(r.stdout, "--credential") {
+		t.Errorf("pgentra proxy --help: %+v", r)
+	}
+	if r := pgentra(t, env, "help"); !strings.Contains(r.stdout, "pgentra proxy") {
+		t.Errorf("pgentra help does not list proxy: %s", r.stdout)
+	}
+}
+
+// --allow-remote listens on all interfaces, with a warning.
+func TestProxyAllowRemote(t *testing.T) {
+	p := startProxyCmd(t, childEnv(), "--credential", "cli", "--upstream", "srv.example", "--listen", "0.0.0.0:0", "--allow-remote")
+	if !strings.Contains(p.stderr.String(), "--allow-remote: anyone who can reach") {
+		t.Errorf("no warning: %s", p.stderr.String())
+	}
+	if code := p.stop(t); code != 0 {
+		t.Errorf("exit status %d after SIGTERM", code)
+	}
+}
