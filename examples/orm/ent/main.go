@@ -28,8 +28,6 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 
 	"entgo.io/ent/dialect"
 	entsql "entgo.io/ent/dialect/sql"
@@ -39,15 +37,7 @@ import (
 	"github.com/pgentra/entraauth/examples/orm/internal/target"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
-}
+func main() { target.Main(run) }
 
 // run connects through an ent client and prints "current_user: <name>" to
 // out.

@@ -29,8 +29,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 
 	"github.com/jackc/pgx/v5"
 
@@ -38,15 +36,7 @@ import (
 	"github.com/pgentra/entraauth/examples/orm/internal/target"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
-}
+func main() { target.Main(run) }
 
 // run connects with pgx and prints "current_user: <name>" to out.
 func run(ctx context.Context, out io.Writer) error {

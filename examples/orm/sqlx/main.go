@@ -22,8 +22,6 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 
 	"github.com/jmoiron/sqlx"
 
@@ -31,15 +29,7 @@ import (
 	"github.com/pgentra/entraauth/examples/orm/internal/target"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		os.Exit(1)
-	}
-}
+func main() { target.Main(run) }
 
 // run connects through sqlx and prints "current_user: <name>" to out.
 func run(ctx context.Context, out io.Writer) error {

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -160,4 +161,17 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// Main is an example's main: it runs run with a context that ends on
+// Ctrl-C, writing to stdout, and exits with status 1 and the error on
+// stderr if run fails.
+func Main(run func(ctx context.Context, out io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
 }
