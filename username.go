@@ -80,26 +80,31 @@ type userResult struct {
 	err  error
 }
 
-// userNamedResult caches, for one connection string, whether it names a user.
+// userNamedResult caches, for one connection string, whether it or
+// PGUSER names a user.
 type userNamedResult struct {
 	connString string
 	named      bool
 }
 
 // userNamed reports whether the connection settings name a user. pgx fills
-// in the OS user name when none is given, which does not count.
+// in the OS user name when none is given, which does not count. The answer
+// for the OS user name is cached per connection string, PGUSER included:
+// pgx read PGUSER when it parsed the config, so reading it again on every
+// connect (an environment lookup under a lock) could not change what the
+// config holds.
 func (ts *TokenSource) userNamed(cfg *pgx.ConnConfig) bool {
 	if cfg.User == "" {
 		return false
 	}
-	if cfg.User != osUserName() || os.Getenv("PGUSER") != "" {
+	if cfg.User != osUserName() {
 		return true
 	}
 	connString := cfg.ConnString()
 	if r := ts.userNamedCache.Load(); r != nil && r.connString == connString {
 		return r.named
 	}
-	named := connStringNamesUser(connString)
+	named := os.Getenv("PGUSER") != "" || connStringNamesUser(connString)
 	ts.userNamedCache.Store(&userNamedResult{connString: connString, named: named})
 	return named
 }
