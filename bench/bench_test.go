@@ -233,9 +233,9 @@ const (
 // (max-hook-ms: the time a connect spent waiting for a token), with the
 // median and 99th percentile connect for context. It also splits the
 // connects into those that overlapped a credential call and those that did
-// not (max-connect-in-fetch-ms, max-connect-no-fetch-ms): within one
-// variant, that tells a stall caused by the refresh from the machine's
-// noise. ns/op is the window and means nothing. Run it with -benchtime 1x.
+// not (max-connect-in-fetch-ms, max-connect-no-fetch-ms, and the same for
+// hooks): within one variant, that tells a stall caused by the refresh
+// from the machine's noise. ns/op is the window and means nothing. Run it with -benchtime 1x.
 func BenchmarkRefreshStall(b *testing.B) {
 	e := startEnv(b)
 	base := parseConfig(b, e.relayConnString())
@@ -309,16 +309,21 @@ func (c *spanCredential) since(t, now time.Time) []span {
 func refreshStall(b *testing.B, base *pgx.ConnConfig, hook Hook, cred *spanCredential) {
 	ctx := context.Background()
 	var (
-		mu               sync.Mutex
-		connects, hooks  []time.Duration
-		inFetch, noFetch time.Duration
-		credCalls        int
+		mu                       sync.Mutex
+		connects, hooks          []time.Duration
+		inFetch, noFetch         time.Duration // slowest connects
+		hookInFetch, hookNoFetch time.Duration // slowest hooks
+		credCalls                int
 	)
 	b.ResetTimer()
 	for range b.N {
 		begin := time.Now()
 		end := begin.Add(stallWindow)
-		var done []span // connects of this window
+		type record struct {
+			span
+			hook time.Duration
+		}
+		var done []record // connects of this window
 		var wg sync.WaitGroup
 		for range stallWorkers {
 			wg.Go(func() {
@@ -333,7 +338,7 @@ func refreshStall(b *testing.B, base *pgx.ConnConfig, hook Hook, cred *spanCrede
 					_ = conn.Close(ctx)
 					mu.Lock()
 					connects, hooks = append(connects, took), append(hooks, inHook)
-					done = append(done, span{start, start.Add(took)})
+					done = append(done, record{span{start, start.Add(took)}, inHook})
 					mu.Unlock()
 				}
 			})
@@ -344,9 +349,9 @@ func refreshStall(b *testing.B, base *pgx.ConnConfig, hook Hook, cred *spanCrede
 		for _, c := range done {
 			took := c.end.Sub(c.start)
 			if slices.ContainsFunc(fetches, c.overlaps) {
-				inFetch = max(inFetch, took)
+				inFetch, hookInFetch = max(inFetch, took), max(hookInFetch, c.hook)
 			} else {
-				noFetch = max(noFetch, took)
+				noFetch, hookNoFetch = max(noFetch, took), max(hookNoFetch, c.hook)
 			}
 		}
 	}
@@ -361,6 +366,8 @@ func refreshStall(b *testing.B, base *pgx.ConnConfig, hook Hook, cred *spanCrede
 	b.ReportMetric(ms(slices.Max(hooks)), "max-hook-ms")
 	b.ReportMetric(ms(inFetch), "max-connect-in-fetch-ms")
 	b.ReportMetric(ms(noFetch), "max-connect-no-fetch-ms")
+	b.ReportMetric(ms(hookInFetch), "max-hook-in-fetch-ms")
+	b.ReportMetric(ms(hookNoFetch), "max-hook-no-fetch-ms")
 	b.ReportMetric(float64(len(connects))/float64(b.N), "connects/op")
 	b.ReportMetric(float64(credCalls)/float64(b.N), "cred-calls/op")
 }
