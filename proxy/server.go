@@ -77,6 +77,11 @@ type Server struct {
 	log  *slog.Logger
 	keys cancelKeys
 
+	// ctx ends when sessions are closed by force, ending upstream logins
+	// and cancel requests in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // every client connection being served
@@ -132,8 +137,9 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
-		cfg: cfg, base: base, log: log,
+		cfg: cfg, base: base, log: log, ctx: ctx, cancel: cancel,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 		idle:      make(chan struct{}),
@@ -231,6 +237,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		if n == 0 {
 			s.wg.Wait()
+			s.cancel()
 			return nil
 		}
 		select {
@@ -263,6 +270,7 @@ func (s *Server) closeListeners() {
 // closeConns closes every client connection; each session then closes its
 // upstream connection as its relay ends.
 func (s *Server) closeConns() {
+	s.cancel()
 	s.mu.Lock()
 	for c := range s.conns {
 		c.Close()
@@ -310,7 +318,7 @@ func (s *Server) serveConn(raw net.Conn) {
 	}
 	if hello.cancel != nil {
 		_ = raw.SetDeadline(time.Time{})
-		s.forwardCancel(context.Background(), addrString(raw.RemoteAddr()), hello.cancel)
+		s.forwardCancel(s.ctx, addrString(raw.RemoteAddr()), hello.cancel)
 		return
 	}
 	s.serveSession(hello)
@@ -349,7 +357,7 @@ func (s *Server) serveSession(h *clientHello) {
 	}
 	defer s.release()
 
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
 	up, err := s.dialUpstream(ctx, database, params)
 	cancel()
 	if err != nil {

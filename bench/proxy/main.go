@@ -1,0 +1,336 @@
+// Command proxy measures the throughput of pgentra proxy next to a direct
+// connection and to pgbouncer, in one run, against one real PostgreSQL
+// over verified TLS. It is not a test and CI does not run it; run.sh in
+// this directory runs it (installing pgbouncer if needed):
+//
+//	bench/proxy/run.sh [-duration 20s] [-rounds 2]
+//
+// It starts a throwaway PostgreSQL with TLS (internal/pgtest), creates a
+// role whose password is an Entra-shaped token (the "token as password"
+// trick: the server checks the token as Azure would check the same
+// string), initializes pgbench's tables, then for each round runs
+//
+//	pgbench -S -c 4 -j 2 -T <duration>
+//
+// three ways: direct (sslmode=verify-full), through the proxy engine
+// (proxy.Server, the code behind pgentra proxy, upstream verify-full, one
+// TokenSource), and through pgbouncer in session mode with
+// server_tls_sslmode=verify-full. Clients reach the proxy and pgbouncer
+// over loopback TCP in plaintext, as local tools would. It prints TPS, the
+// CPU time the proxy and pgbouncer used, and writes a CPU profile of the
+// proxy during its last run.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgentra/entraauth"
+	"github.com/pgentra/entraauth/entratest"
+	"github.com/pgentra/entraauth/internal/pgtest"
+	"github.com/pgentra/entraauth/proxy"
+)
+
+func main() {
+	duration := flag.Duration("duration", 20*time.Second, "length of each pgbench run (-T)")
+	rounds := flag.Int("rounds", 2, "rounds of direct, proxy, pgbouncer")
+	scale := flag.Int("scale", 10, "pgbench -i scale")
+	profile := flag.String("cpuprofile", "proxy-cpu.pprof", "where to write the proxy's CPU profile (last round)")
+	flag.Parse()
+	if err := run(*duration, *rounds, *scale, *profile); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
+		os.Exit(1)
+	}
+}
+
+const role = "bench-alice@contoso.com"
+
+func run(duration time.Duration, rounds, scale int, profile string) error {
+	ctx := context.Background()
+	pg, err := pgtest.Start(ctx, pgtest.Options{Logf: func(string, ...any) {}})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+
+	// The token the proxy will use is the role's password.
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		return err
+	}
+	cred := entratest.NewCredential(iss, entratest.User(role))
+	cred.SetLifetime(2 * time.Hour)
+	ts := entraauth.NewTokenSource(cred, entraauth.WithRequireVerifiedTLS())
+	tok, err := ts.Token(ctx)
+	if err != nil {
+		return err
+	}
+	if err := pg.CreateRole(ctx, role, tok.Value); err != nil {
+		return err
+	}
+	if err := pg.Exec(ctx, fmt.Sprintf(`create database bench owner %q`, role)); err != nil {
+		return err
+	}
+	direct := fmt.Sprintf("host=127.0.0.1 port=%d dbname=bench user=%s sslmode=verify-full sslrootcert=%s", pg.Port, role, pg.CAFile)
+	fmt.Printf("PostgreSQL %s on %s, TLS with certificate verification; pgbench scale %d\n", pg.Version, pg.Addr(), scale)
+	if out, err := pgbench(tok.Value, "-i", "-q", "-s", strconv.Itoa(scale), direct); err != nil {
+		return fmt.Errorf("pgbench -i: %v\n%s", err, out)
+	}
+
+	// The proxy engine, as pgentra proxy runs it.
+	srv, err := proxy.New(proxy.Config{
+		Upstream:    fmt.Sprintf("host=127.0.0.1 port=%d sslmode=verify-full sslrootcert=%s", pg.Port, pg.CAFile),
+		TokenSource: ts,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		return err
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() { _ = srv.Serve(pl) }()
+	defer srv.Close()
+	_, proxyPort, _ := net.SplitHostPort(pl.Addr().String())
+	viaProxy := fmt.Sprintf("host=127.0.0.1 port=%s dbname=bench sslmode=disable", proxyPort)
+
+	bouncer, err := startPgbouncer(pg, tok.Value)
+	if err != nil {
+		return err
+	}
+	defer bouncer.stop()
+	viaBouncer := fmt.Sprintf("host=127.0.0.1 port=%d dbname=bench user=%s sslmode=disable", bouncer.port, role)
+
+	args := []string{"-S", "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(int(duration.Seconds()))}
+	fmt.Printf("pgbench %s, %d rounds\n\n", strings.Join(args, " "), rounds)
+	fmt.Printf("%-6s %-10s %10s %10s %14s\n", "round", "path", "tps", "lat_ms", "hop_cpu_s")
+	type sums struct{ tps, cpu float64 }
+	totals := map[string]*sums{"direct": {}, "proxy": {}, "pgbouncer": {}}
+	for r := 1; r <= rounds; r++ {
+		for _, path := range []string{"direct", "proxy", "pgbouncer"} {
+			var conn string
+			var cpu func() time.Duration
+			switch path {
+			case "direct":
+				conn, cpu = direct, func() time.Duration { return 0 }
+			case "proxy":
+				conn, cpu = viaProxy, selfCPU
+			case "pgbouncer":
+				conn, cpu = viaBouncer, bouncer.cpu
+			}
+			if path == "proxy" && r == rounds && profile != "" {
+				f, err := os.Create(profile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+			}
+			c0 := cpu()
+			out, err := pgbench(tok.Value, append(args, conn)...)
+			c1 := cpu()
+			if path == "proxy" && r == rounds && profile != "" {
+				pprof.StopCPUProfile()
+			}
+			if err != nil {
+				return fmt.Errorf("pgbench via %s: %v\n%s", path, err, out)
+			}
+			tps, lat := parsePgbench(out)
+			hop := (c1 - c0).Seconds()
+			fmt.Printf("%-6d %-10s %10.0f %10.3f %14.2f\n", r, path, tps, lat, hop)
+			totals[path].tps += tps
+			totals[path].cpu += hop
+		}
+	}
+	d, p, b := totals["direct"].tps/float64(rounds), totals["proxy"].tps/float64(rounds), totals["pgbouncer"].tps/float64(rounds)
+	fmt.Printf("\nmean tps: direct %.0f, proxy %.0f, pgbouncer %.0f\n", d, p, b)
+	fmt.Printf("proxy/pgbouncer %.2f, proxy/direct %.2f, pgbouncer/direct %.2f\n", p/b, p/d, b/d)
+	pt, bt := p*duration.Seconds(), b*duration.Seconds()
+	fmt.Printf("hop CPU per transaction: proxy %.1f µs, pgbouncer %.1f µs\n",
+		totals["proxy"].cpu/float64(rounds)/pt*1e6, totals["pgbouncer"].cpu/float64(rounds)/bt*1e6)
+	fmt.Printf("GOMAXPROCS %d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
+	if profile != "" {
+		fmt.Printf("CPU profile of the proxy's last run: %s (go tool pprof -top %s)\n", profile, profile)
+	}
+	return nil
+}
+
+// pgbench runs pgbench with the token as PGPASSWORD (the proxy's clients
+// need none; the direct and pgbouncer paths do).
+func pgbench(password string, args ...string) (string, error) {
+	cmd := exec.Command("pgbench", args...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+var (
+	tpsRE = regexp.MustCompile(`tps = ([0-9.]+)`)
+	latRE = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
+)
+
+func parsePgbench(out string) (tps, latMS float64) {
+	if m := tpsRE.FindStringSubmatch(out); m != nil {
+		tps, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if m := latRE.FindStringSubmatch(out); m != nil {
+		latMS, _ = strconv.ParseFloat(m[1], 64)
+	}
+	return tps, latMS
+}
+
+// selfCPU is this process's CPU time (user and system): the proxy's,
+// since nothing else here works while pgbench runs.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// bouncer is a running pgbouncer.
+type bouncer struct {
+	cmd  *exec.Cmd
+	dir  string
+	port int
+}
+
+// startPgbouncer runs pgbouncer in session mode in front of pg, logging in
+// with the token as the password over verified TLS. pgbouncer refuses to
+// run as root, so as root it runs as the postgres OS user.
+func startPgbouncer(pg *pgtest.Server, password string) (*bouncer, error) {
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		if bin = "/usr/sbin/pgbouncer"; !fileExists(bin) {
+			return nil, errors.New("pgbouncer not found (Debian: apt-get install pgbouncer; run.sh does it)")
+		}
+	}
+	dir, err := os.MkdirTemp("", "bench-pgbouncer-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ca := filepath.Join(dir, "ca.pem")
+	caPEM, err := os.ReadFile(pg.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(ca, caPEM, 0o644); err != nil {
+		return nil, err
+	}
+	ini := fmt.Sprintf(`[databases]
+bench = host=127.0.0.1 port=%d dbname=bench user=%s password=%s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = any
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+server_tls_sslmode = verify-full
+server_tls_ca_file = %s
+logfile = %s
+pidfile = %s
+`, pg.Port, quoteIni(role), password, port, ca, filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
+	cfg := filepath.Join(dir, "pgbouncer.ini")
+	if err := os.WriteFile(cfg, []byte(ini), 0o644); err != nil {
+		return nil, err
+	}
+	var cmd *exec.Cmd
+	if os.Geteuid() == 0 {
+		cmd = exec.Command("runuser", "-u", "postgres", "--", bin, cfg)
+		// The log file must be writable by postgres.
+		if err := os.Chown(dir, uidOf("postgres"), -1); err != nil {
+			return nil, err
+		}
+	} else {
+		cmd = exec.Command(bin, cfg)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b := &bouncer{cmd: cmd, dir: dir, port: port}
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err == nil {
+			c.Close()
+			break
+		}
+		if i > 100 {
+			b.stop()
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			return nil, fmt.Errorf("pgbouncer did not start: %s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return b, nil
+}
+
+// quoteIni quotes a user name with @ for pgbouncer's connection string.
+func quoteIni(s string) string { return "'" + s + "'" }
+
+func (b *bouncer) stop() {
+	if b.cmd.Process != nil {
+		_ = b.cmd.Process.Signal(syscall.SIGINT)
+		_ = b.cmd.Wait()
+	}
+	os.RemoveAll(b.dir)
+}
+
+// cpu is pgbouncer's CPU time so far, from /proc (runuser's child).
+func (b *bouncer) cpu() time.Duration {
+	pidText, err := os.ReadFile(filepath.Join(b.dir, "pgbouncer.pid"))
+	if err != nil {
+		return 0
+	}
+	stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(pidText)) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func uidOf(name string) int {
+	out, err := exec.Command("id", "-u", name).Output()
+	if err != nil {
+		return -1
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return n
+}
