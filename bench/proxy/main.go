@@ -51,8 +51,9 @@ func main() {
 	rounds := flag.Int("rounds", 2, "rounds of direct, proxy, pgbouncer")
 	scale := flag.Int("scale", 10, "pgbench -i scale")
 	profile := flag.String("cpuprofile", "proxy-cpu.pprof", "where to write the proxy's CPU profile (last round)")
+	unix := flag.Bool("unix", false, "also measure clients reaching the proxy over a unix socket (proxy-unix)")
 	flag.Parse()
-	if err := run(*duration, *rounds, *scale, *profile); err != nil {
+	if err := run(*duration, *rounds, *scale, *profile, *unix); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
 		os.Exit(1)
 	}
@@ -60,7 +61,7 @@ func main() {
 
 const role = "bench-alice@contoso.com"
 
-func run(duration time.Duration, rounds, scale int, profile string) error {
+func run(duration time.Duration, rounds, scale int, profile string, unix bool) error {
 	ctx := context.Background()
 	pg, err := pgtest.Start(ctx, pgtest.Options{Logf: func(string, ...any) {}})
 	if err != nil {
@@ -109,6 +110,22 @@ func run(duration time.Duration, rounds, scale int, profile string) error {
 	defer srv.Close()
 	_, proxyPort, _ := net.SplitHostPort(pl.Addr().String())
 	viaProxy := fmt.Sprintf("host=127.0.0.1 port=%s dbname=bench sslmode=disable", proxyPort)
+	paths := []string{"direct", "proxy", "pgbouncer"}
+	var viaProxyUnix string
+	if unix {
+		dir, err := os.MkdirTemp("", "bench-proxy-sock-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		ul, err := net.Listen("unix", filepath.Join(dir, ".s.PGSQL.5432"))
+		if err != nil {
+			return err
+		}
+		go func() { _ = srv.Serve(ul) }()
+		viaProxyUnix = fmt.Sprintf("host=%s port=5432 dbname=bench", dir)
+		paths = append(paths, "proxy-unix")
+	}
 
 	bouncer, err := startPgbouncer(pg, tok.Value)
 	if err != nil {
@@ -121,9 +138,9 @@ func run(duration time.Duration, rounds, scale int, profile string) error {
 	fmt.Printf("pgbench %s, %d rounds\n\n", strings.Join(args, " "), rounds)
 	fmt.Printf("%-6s %-10s %10s %10s %14s\n", "round", "path", "tps", "lat_ms", "hop_cpu_s")
 	type sums struct{ tps, cpu float64 }
-	totals := map[string]*sums{"direct": {}, "proxy": {}, "pgbouncer": {}}
+	totals := map[string]*sums{"direct": {}, "proxy": {}, "pgbouncer": {}, "proxy-unix": {}}
 	for r := 1; r <= rounds; r++ {
-		for _, path := range []string{"direct", "proxy", "pgbouncer"} {
+		for _, path := range paths {
 			var conn string
 			var cpu func() time.Duration
 			switch path {
@@ -133,6 +150,8 @@ func run(duration time.Duration, rounds, scale int, profile string) error {
 				conn, cpu = viaProxy, selfCPU
 			case "pgbouncer":
 				conn, cpu = viaBouncer, bouncer.cpu
+			case "proxy-unix":
+				conn, cpu = viaProxyUnix, selfCPU
 			}
 			if path == "proxy" && r == rounds && profile != "" {
 				f, err := os.Create(profile)
@@ -165,6 +184,10 @@ func run(duration time.Duration, rounds, scale int, profile string) error {
 	pt, bt := p*duration.Seconds(), b*duration.Seconds()
 	fmt.Printf("hop CPU per transaction: proxy %.1f µs, pgbouncer %.1f µs\n",
 		totals["proxy"].cpu/float64(rounds)/pt*1e6, totals["pgbouncer"].cpu/float64(rounds)/bt*1e6)
+	if unix {
+		u := totals["proxy-unix"].tps / float64(rounds)
+		fmt.Printf("proxy over a unix socket: tps %.0f, /direct %.2f, /pgbouncer %.2f\n", u, u/d, u/b)
+	}
 	fmt.Printf("GOMAXPROCS %d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	if profile != "" {
 		fmt.Printf("CPU profile of the proxy's last run: %s (go tool pprof -top %s)\n", profile, profile)
