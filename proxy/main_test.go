@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -15,44 +14,21 @@ import (
 	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/internal/pgtest"
-	"go.uber.org/goleak"
 )
 
 // TestMain checks for leaked goroutines after the tests, once the shared
 // PostgreSQL server has stopped.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	if sharedPG.server != nil {
-		if err := sharedPG.server.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping PostgreSQL:", err)
-		}
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(pgtest.RunTests(m, &sharedPG))
 }
 
 // sharedPG is one real PostgreSQL for the package's tests, started on first
 // use: the backend of every entratest server.
-var sharedPG struct {
-	once   sync.Once
-	server *pgtest.Server
-	err    error
-}
+var sharedPG pgtest.Shared
 
 func testPG(t *testing.T) *pgtest.Server {
 	t.Helper()
-	sharedPG.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		sharedPG.server, sharedPG.err = pgtest.Start(ctx, pgtest.Options{})
-	})
-	pgtest.SkipOrFail(t, sharedPG.err)
-	return sharedPG.server
+	return sharedPG.Get(t)
 }
 
 // Principals with roles on every fixture's server.

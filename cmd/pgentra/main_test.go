@@ -9,13 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/internal/pgtest"
-	"go.uber.org/goleak"
 )
 
 // pgentraBin is the pgentra binary TestMain builds for the end-to-end
@@ -45,39 +43,17 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building pgentra: %v\n%s", err, out)
 		return 1
 	}
-	code := m.Run()
-	if sharedPG.server != nil {
-		if err := sharedPG.server.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping PostgreSQL:", err)
-		}
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	return code
+	return pgtest.RunTests(m, &sharedPG)
 }
 
 // sharedPG is one real PostgreSQL for the package's tests, started on
 // first use: the backend of every entratest server, and a password server
 // of its own.
-var sharedPG struct {
-	once   sync.Once
-	server *pgtest.Server
-	err    error
-}
+var sharedPG pgtest.Shared
 
 func testPG(t *testing.T) *pgtest.Server {
 	t.Helper()
-	sharedPG.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		sharedPG.server, sharedPG.err = pgtest.Start(ctx, pgtest.Options{})
-	})
-	pgtest.SkipOrFail(t, sharedPG.err)
-	return sharedPG.server
+	return sharedPG.Get(t)
 }
 
 // fixture is an Entra emulator and a server checking its tokens.
