@@ -164,10 +164,10 @@ func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []ne
 		port = "5432"
 	}
 	kv := []string{"host", host, "port", port, "sslmode", po.sslmode}
+	// Without --sslrootcert, pgx verifies against the system roots (and
+	// SSL_CERT_FILE), unlike libpq: no bundle to find, as psql needs.
 	if po.sslrootcert != "" {
 		kv = append(kv, "sslrootcert", po.sslrootcert)
-	} else if bundle := systemCABundle(); bundle != "" && po.sslmode != "require" {
-		kv = append(kv, "sslrootcert", bundle)
 	}
 	if t.env != nil && t.env.Database != "" {
 		kv = append(kv, "dbname", t.env.Database)
