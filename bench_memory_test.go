@@ -76,7 +76,7 @@ func BenchmarkTokenSourceMemory(b *testing.B) {
 		clock.now = refreshAt
 		clock.mu.Unlock()
 		want := int64(i + 2)
-		for ts.Stats().Fetches < want || ts.fetching.Load() {
+		for ts.Stats().Fetches < want || ts.inflight.Load() != nil {
 			if _, err := ts.Token(ctx); err != nil { // starts the background refresh
 				b.Fatal(err)
 			}

@@ -22,6 +22,8 @@ type tokenClaims struct {
 	UPN               string `json:"upn"`
 	PreferredUsername string `json:"preferred_username"`
 	UniqueName        string `json:"unique_name"`
+	// ObjectID (oid) identifies the principal across its tokens.
+	ObjectID string `json:"oid"`
 	// ManagedIdentityResourceID (xms_mirid) is in Azure Resource Manager
 	// tokens of managed identities: the identity's Azure resource ID.
 	ManagedIdentityResourceID string `json:"xms_mirid"`

@@ -324,8 +324,16 @@ func TestCredentialFailureReachesTheCaller(t *testing.T) {
 	if !errors.As(err, &fake) || !errors.As(err, &credErr) {
 		t.Fatalf("err = %v, want the credential's error wrapped in a CredentialError", err)
 	}
+	// Until the backoff ends, callers share the failure at once; then the
+	// next one asks the credential again.
 	cred.failWith(nil)
-	if err := db.PingContext(context.Background()); err != nil {
+	err = db.PingContext(context.Background())
+	var backoff *BackoffError
+	if errors.As(err, &backoff) {
+		time.Sleep(time.Until(backoff.RetryAt))
+		err = db.PingContext(context.Background())
+	}
+	if err != nil {
 		t.Fatalf("after the credential recovered: %v", err)
 	}
 }

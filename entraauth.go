@@ -126,101 +126,14 @@ package entraauth
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"golang.org/x/sync/singleflight"
 )
-
-// Token is an access token and its expiry. Printing a Token with fmt or
-// slog shows its expiry, never its value.
-type Token struct {
-	// Value is the JWT to send as the password.
-	Value string
-	// ExpiresOn is when the token expires.
-	ExpiresOn time.Time
-}
-
-// String describes the token without its value.
-func (t Token) String() string {
-	if t.Value == "" {
-		return "entraauth.Token{}"
-	}
-	return "entraauth.Token{Value:[REDACTED] ExpiresOn:" + t.ExpiresOn.UTC().Format(time.RFC3339) + "}"
-}
-
-// Format prints the token without its value, whatever the verb.
-func (t Token) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(t.String())) }
-
-// LogValue logs the token's expiry, never its value.
-func (t Token) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("value", "[REDACTED]"), slog.Time("expires_on", t.ExpiresOn))
-}
-
-// Stats counts a TokenSource's work.
-type Stats struct {
-	// Fetches counts token requests made to the credential, including the
-	// one Resource Manager token a managed identity's user name may need.
-	Fetches int64
-	// FailedFetches counts the requests that failed.
-	FailedFetches int64
-	// ExpiresOn is the cached database token's expiry; zero with no token.
-	ExpiresOn time.Time
-	// RefreshAt is when the cached token will be refreshed in the
-	// background; zero with no token.
-	RefreshAt time.Time
-}
-
-// Refresh timing. Margins are scaled down for short-lived tokens: a token
-// living 60 seconds is refreshed at about half-life and used until 6
-// seconds before it expires.
-const (
-	maxRefreshMargin = 5 * time.Minute
-	maxExpirySkew    = 30 * time.Second
-	minBackoff       = time.Second
-	maxBackoff       = 30 * time.Second
-)
-
-// cachedToken is a token with the times derived from it. It is immutable.
-type cachedToken struct {
-	token       Token
-	refreshAt   time.Time // after this, refresh in the background
-	usableUntil time.Time // after this, never hand the token out
-}
-
-func newCachedToken(at azcore.AccessToken, now time.Time) (*cachedToken, error) {
-	expires := at.ExpiresOn
-	if expires.IsZero() {
-		claims, err := parseClaims(at.Token)
-		if err != nil {
-			return nil, err
-		}
-		if expires = claims.expiry(); expires.IsZero() {
-			return nil, fmt.Errorf("%w: the credential gave neither ExpiresOn nor an exp claim", ErrMalformedToken)
-		}
-	}
-	// Wall clock only: after a laptop sleeps the monotonic clock has not
-	// moved, but the token has expired.
-	expires = expires.Round(0)
-	life := expires.Sub(now)
-	if life <= 0 {
-		return nil, &TokenExpiredError{ExpiresOn: expires}
-	}
-	c := &cachedToken{
-		token:       Token{Value: at.Token, ExpiresOn: expires},
-		refreshAt:   expires.Add(-min(maxRefreshMargin, life/2)),
-		usableUntil: expires.Add(-min(maxExpirySkew, life/10)),
-	}
-	if refreshOn := at.RefreshOn.Round(0); !refreshOn.IsZero() && refreshOn.Before(c.refreshAt) {
-		c.refreshAt = refreshOn
-	}
-	return c, nil
-}
 
 // TokenSource caches the access token of one credential for one scope and
 // tenant and hands it to every connection: Hook, Connector and the CLI all
@@ -230,23 +143,30 @@ func newCachedToken(at azcore.AccessToken, now time.Time) (*cachedToken, error) 
 // locking. Between the refresh point and expiry the cached token is still
 // returned at once while one background fetch replaces it. With no usable
 // token, callers wait for the single fetch in flight (or their context).
+//
+// A fetch is bounded by the fetch timeout (WithFetchTimeout) whatever the
+// credential does, and a credential's panic becomes a *CredentialError.
+// After a failed fetch, callers with no usable token get that failure at
+// once, as a *BackoffError, until a jittered exponential backoff (1s
+// growing to 30s) lets the next fetch start; a success resets it.
 type TokenSource struct {
 	cred azcore.TokenCredential
 	set  settings
 	now  func() time.Time
+	// refreshJitter places this source's refresh point within the refresh
+	// window, so a fleet started together does not refresh together.
+	refreshJitter float64
 
-	scope   atomic.Pointer[string] // fixed by WithScope or the first host
-	current atomic.Pointer[cachedToken]
-
-	fetches  singleflight.Group
-	fetching atomic.Bool // a database token fetch is running
+	scope    atomic.Pointer[string] // fixed by WithScope or the first host
+	current  atomic.Pointer[cachedToken]
+	inflight atomic.Pointer[flight] // the database token fetch running, if any
 
 	backoffMu sync.Mutex
-	failures  int
-	retryAt   time.Time // no background refresh before this
+	failures  int       // consecutive failed or premature fetches
+	retryAt   time.Time // no fetch starts before this
+	lastErr   error     // the last fetch's failure, shared until retryAt
 
-	user  atomic.Pointer[userResult] // the derived user name, once known
-	users singleflight.Group
+	users singleflight.Group // Resource Manager name lookups, by principal
 
 	userNamedCache atomic.Pointer[userNamedResult]
 	oauthProvider  func(context.Context) (string, error)
@@ -258,7 +178,7 @@ type TokenSource struct {
 // credential is reported, wrapping ErrInvalidOption, by the first Token,
 // BeforeConnect or Connect.
 func NewTokenSource(cred azcore.TokenCredential, opts ...Option) *TokenSource {
-	ts := &TokenSource{cred: cred, set: newSettings(opts), now: time.Now}
+	ts := &TokenSource{cred: cred, set: newSettings(opts), now: time.Now, refreshJitter: rand.Float64()}
 	if cred == nil && ts.set.err == nil {
 		ts.set.err = fmt.Errorf("%w: nil credential; pass one from azidentity, such as azidentity.NewDefaultAzureCredential(nil)", ErrInvalidOption)
 	}
@@ -295,17 +215,16 @@ func (ts *TokenSource) Stats() Stats {
 // Token returns a usable access token: the cached one, or a fresh one when
 // none is usable, waiting at most until ctx ends. Its scope is WithScope's,
 // else the one chosen from the first server connected to, else the public
-// cloud's.
+// cloud's. Calling Token before any connect does not choose the scope: a
+// later connect to a server of another cloud fetches a token for it.
 func (ts *TokenSource) Token(ctx context.Context) (Token, error) {
 	if ts.set.err != nil {
 		return Token{}, ts.set.err
 	}
-	p := ts.scope.Load()
-	if p == nil {
-		ts.scope.CompareAndSwap(nil, &publicCloud.dbScope)
-		p = ts.scope.Load()
+	scope := publicCloud.dbScope
+	if p := ts.scope.Load(); p != nil {
+		scope = *p
 	}
-	scope := *p
 	c, err := ts.token(ctx, scope)
 	if err != nil {
 		return Token{}, err
@@ -333,7 +252,7 @@ func (ts *TokenSource) scopeForHost(host string) (string, error) {
 // refresh once it is due, and otherwise waits for a fetch.
 func (ts *TokenSource) token(ctx context.Context, scope string) (*cachedToken, error) {
 	now := ts.now().Round(0)
-	if c := ts.current.Load(); c != nil {
+	if c := ts.current.Load(); c != nil && c.scope == scope {
 		if now.Before(c.refreshAt) {
 			return c, nil
 		}
@@ -345,89 +264,49 @@ func (ts *TokenSource) token(ctx context.Context, scope string) (*cachedToken, e
 	return ts.waitForFetch(ctx, scope)
 }
 
-// refreshInBackground starts one fetch unless one is running or the last
-// one failed too recently.
+// refreshInBackground starts one fetch unless one is running or the
+// backoff says not yet.
 func (ts *TokenSource) refreshInBackground(now time.Time, scope string) {
-	if ts.fetching.Load() {
+	if ts.inflight.Load() != nil {
 		return
 	}
-	ts.backoffMu.Lock()
-	wait := now.Before(ts.retryAt)
-	ts.backoffMu.Unlock()
-	if wait {
+	if wait, _ := ts.backingOff(now); wait {
 		return
 	}
 	ts.set.logger.Debug("entraauth: refreshing token in the background", "scope", scope)
-	// The result reaches the cache; the buffered channel is dropped.
-	ts.fetches.DoChan(scope, func() (any, error) { return ts.fetch(scope) })
+	ts.startFetch(scope)
 }
 
 // waitForFetch joins the fetch in flight, or starts one, and waits for it
-// or for ctx. A failure goes back to the caller at once: the credential
-// retries on its own, and the next connect starts a new fetch.
+// or for ctx. Within the backoff after a failed fetch, it returns that
+// failure at once as a *BackoffError instead of asking the credential again.
 func (ts *TokenSource) waitForFetch(ctx context.Context, scope string) (*cachedToken, error) {
-	ch := ts.fetches.DoChan(scope, func() (any, error) { return ts.fetch(scope) })
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	for {
+		f := ts.inflight.Load()
+		if f == nil {
+			now := ts.now().Round(0)
+			if c := ts.current.Load(); c != nil && c.scope == scope && now.Before(c.usableUntil) {
+				return c, nil // a fetch finished since token looked
+			}
+			if wait, err := ts.backingOff(now); wait && err != nil {
+				return nil, err
+			}
+			f = ts.startFetch(scope)
 		}
-		c := r.Val.(*cachedToken)
-		if !ts.now().Round(0).Before(c.usableUntil) {
-			return nil, &TokenExpiredError{ExpiresOn: c.token.ExpiresOn}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("entraauth: waiting for an access token: %w", context.Cause(ctx))
 		}
-		return c, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("entraauth: waiting for an access token: %w", context.Cause(ctx))
+		if f.scope != scope {
+			continue // joined a fetch for another scope; now fetch ours
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		if !ts.now().Round(0).Before(f.c.usableUntil) {
+			return nil, &TokenExpiredError{ExpiresOn: f.c.token.ExpiresOn}
+		}
+		return f.c, nil
 	}
-}
-
-// fetch gets a token from the credential on a context of its own, so one
-// caller giving up does not fail the others, and caches it.
-func (ts *TokenSource) fetch(scope string) (*cachedToken, error) {
-	ts.fetching.Store(true)
-	defer ts.fetching.Store(false)
-
-	at, err := ts.getToken(scope)
-	var c *cachedToken
-	if err == nil {
-		c, err = newCachedToken(at, ts.now().Round(0))
-	}
-	if err != nil {
-		ts.nFailed.Add(1)
-		delay := ts.backOff()
-		ts.set.logger.Warn("entraauth: token fetch failed", "scope", scope, "error", err.Error(), "retry_in", delay)
-		return nil, err
-	}
-	ts.current.Store(c)
-	ts.backoffMu.Lock()
-	ts.failures, ts.retryAt = 0, time.Time{}
-	ts.backoffMu.Unlock()
-	ts.set.logger.Info("entraauth: token fetched", "scope", scope, "expires_on", c.token.ExpiresOn, "refresh_at", c.refreshAt)
-	return c, nil
-}
-
-// getToken asks the credential for one token, bounded by the fetch timeout.
-func (ts *TokenSource) getToken(scope string) (azcore.AccessToken, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), ts.set.fetchTimeout)
-	defer cancel()
-	ts.nFetches.Add(1)
-	at, err := ts.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}, TenantID: ts.set.tenantID})
-	if err != nil {
-		return at, &CredentialError{Scope: scope, Err: err}
-	}
-	return at, nil
-}
-
-// backOff records a failed fetch and returns the jittered delay before the
-// next background refresh: exponential from minBackoff to maxBackoff, each
-// drawn from its upper half.
-func (ts *TokenSource) backOff() time.Duration {
-	ts.backoffMu.Lock()
-	defer ts.backoffMu.Unlock()
-	d := min(minBackoff<<min(ts.failures, 16), maxBackoff)
-	ts.failures++
-	d = d/2 + rand.N(d/2+1)
-	ts.retryAt = ts.now().Round(0).Add(d)
-	return d
 }

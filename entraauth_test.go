@@ -214,7 +214,7 @@ func TestBackoffJitterVaries(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	for range 20 {
 		ts.failures = 3
-		seen[ts.backOff()] = true
+		seen[ts.backOff(errBoom)] = true
 	}
 	if len(seen) < 2 {
 		t.Fatalf("backoff delays are not jittered: %v", seen)
@@ -222,7 +222,7 @@ func TestBackoffJitterVaries(t *testing.T) {
 }
 
 func TestFailedFetchWithoutUsableTokenReturnsAtOnceWrapped(t *testing.T) {
-	ts, cred, _ := newClockedSource(t, time.Hour)
+	ts, cred, clock := newClockedSource(t, time.Hour)
 	cred.failWith(errBoom)
 	// A generous deadline the fetch must not run out: no retry loop.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -239,8 +239,9 @@ func TestFailedFetchWithoutUsableTokenReturnsAtOnceWrapped(t *testing.T) {
 	if n := cred.calls.Load(); n != 1 {
 		t.Fatalf("credential calls = %d, want 1", n)
 	}
-	// The next caller starts a new fetch (no backoff without a usable token).
+	// Once the backoff has passed, the next caller starts a new fetch.
 	cred.failWith(nil)
+	clock.Advance(minBackoff)
 	if _, err := ts.Token(ctx); err != nil {
 		t.Fatalf("after the credential recovered: %v", err)
 	}
@@ -262,6 +263,7 @@ func TestExpiredTokenIsNeverHandedOut(t *testing.T) {
 	// A credential that hands back an expired token gets a typed error.
 	cred.failWith(nil)
 	cred.expiresOn = func(now time.Time, _ time.Duration) time.Time { return now.Add(-time.Minute) }
+	clock.Advance(minBackoff) // past the backoff of the failure above
 	_, err = ts.Token(ctx)
 	var expired *TokenExpiredError
 	if !errors.As(err, &expired) {
@@ -293,7 +295,7 @@ func TestTokenTimesComeFromTheToken(t *testing.T) {
 		{"no expiry at all", time.Time{}, time.Time{}, "not-a-jwt", time.Time{}, time.Time{}, ErrMalformedToken},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := newCachedToken(azcore.AccessToken{Token: tc.token, ExpiresOn: tc.expires, RefreshOn: tc.refreshOn}, now)
+			c, err := newCachedToken(azcore.AccessToken{Token: tc.token, ExpiresOn: tc.expires, RefreshOn: tc.refreshOn}, ScopePublic, now, 0)
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tc.wantErr)
@@ -314,7 +316,11 @@ func TestExpiryComparesWallClock(t *testing.T) {
 	// time.Now carries a monotonic reading that does not advance while a
 	// machine sleeps; the cached times must not carry it.
 	now := time.Now()
-	c, err := newCachedToken(azcore.AccessToken{Token: "x.y.z", ExpiresOn: now.Add(time.Hour), RefreshOn: now.Add(10 * time.Minute)}, now)
+	at, err := newFakeCredential("x").GetToken(context.Background(), tokenRequest(ScopePublic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := newCachedToken(azcore.AccessToken{Token: at.Token, ExpiresOn: now.Add(time.Hour), RefreshOn: now.Add(10 * time.Minute)}, ScopePublic, now, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

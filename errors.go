@@ -62,3 +62,27 @@ func (e *TokenExpiredError) Error() string {
 	return fmt.Sprintf("entraauth: the credential returned a token that expired at %s (check the machine's clock)",
 		e.ExpiresOn.UTC().Format(time.RFC3339))
 }
+
+// BackoffError is returned, at once, to a caller that needs a token while
+// the TokenSource backs off after a failed fetch: rather than asking the
+// credential on every connect (an az process each time, or a storm on the
+// managed identity endpoint), callers share the last failure until
+// RetryAt. It unwraps to that failure, usually a *CredentialError, so
+// errors.As still reaches the credential's own error. Retrying after
+// RetryAt can help.
+type BackoffError struct {
+	// Err is the last fetch's failure.
+	Err error
+	// RetryAt is when the next fetch may start.
+	RetryAt time.Time
+}
+
+// Error says when the next attempt is and why the last one failed; it never
+// contains a token.
+func (e *BackoffError) Error() string {
+	return fmt.Sprintf("entraauth: no usable token; the next attempt is at %s (backing off after a failed fetch): %v",
+		e.RetryAt.UTC().Format(time.RFC3339Nano), e.Err)
+}
+
+// Unwrap returns the last fetch's failure.
+func (e *BackoffError) Unwrap() error { return e.Err }

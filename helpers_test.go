@@ -34,7 +34,12 @@ type fakeCredential struct {
 	returned  atomic.Int64
 	minted    []string
 	expiresOn func(now time.Time, lifetime time.Duration) time.Time // optional override
+	refreshOn func(now time.Time) time.Time                          // optional RefreshOn
 	latency   time.Duration
+	oid       string        // the principal's object ID; a default when empty
+	panicWith any           // when non-nil, GetToken panics with it
+	stuck     chan struct{} // when non-nil, GetToken ignores its context and waits for this
+	raw       string        // when non-empty, returned as the token instead of a JWT
 }
 
 type fakeCredError struct{ msg string }
@@ -52,8 +57,17 @@ func (f *fakeCredential) GetToken(ctx context.Context, opts policy.TokenRequestO
 	f.mu.Lock()
 	f.scopes = append(f.scopes, opts.Scopes...)
 	f.tenants = append(f.tenants, opts.TenantID)
-	gate, err, lifetime, latency := f.gate, f.err, f.lifetime, f.latency
+	gate, err, lifetime, latency, oid, panicWith, stuck, raw := f.gate, f.err, f.lifetime, f.latency, f.oid, f.panicWith, f.stuck, f.raw
 	f.mu.Unlock()
+	if panicWith != nil {
+		panic(panicWith)
+	}
+	if stuck != nil {
+		<-stuck // a credential that ignores its context
+	}
+	if oid == "" {
+		oid = "00000000-0000-0000-0000-000000000001"
+	}
 	if latency > 0 {
 		select {
 		case <-time.After(latency):
@@ -78,7 +92,7 @@ func (f *fakeCredential) GetToken(ctx context.Context, opts policy.TokenRequestO
 		return azcore.AccessToken{}, fmt.Errorf("want one scope, got %d", len(opts.Scopes))
 	}
 	now := f.clock()
-	claims := jwt.MapClaims{"aud": opts.Scopes[0], "exp": now.Add(lifetime).Unix(), "iat": now.Unix(), "oid": "00000000-0000-0000-0000-000000000001"}
+	claims := jwt.MapClaims{"aud": opts.Scopes[0], "exp": now.Add(lifetime).Unix(), "iat": now.Unix(), "oid": oid}
 	isARM := opts.Scopes[0] == publicCloud.armScope || opts.Scopes[0] == clouds[0].armScope || opts.Scopes[0] == clouds[1].armScope
 	if isARM && f.mirid != "" {
 		claims["xms_mirid"] = f.mirid
@@ -91,6 +105,9 @@ func (f *fakeCredential) GetToken(ctx context.Context, opts policy.TokenRequestO
 	if err != nil {
 		return azcore.AccessToken{}, err
 	}
+	if raw != "" {
+		tok = raw
+	}
 	f.mu.Lock()
 	onMint := f.onMint
 	f.minted = append(f.minted, tok)
@@ -102,7 +119,19 @@ func (f *fakeCredential) GetToken(ctx context.Context, opts policy.TokenRequestO
 	if f.expiresOn != nil {
 		exp = f.expiresOn(now, lifetime)
 	}
-	return azcore.AccessToken{Token: tok, ExpiresOn: exp}, nil
+	at := azcore.AccessToken{Token: tok, ExpiresOn: exp}
+	if f.refreshOn != nil {
+		at.RefreshOn = f.refreshOn(now)
+	}
+	return at, nil
+}
+
+// set runs fn under the credential's lock, for changing its behaviour while
+// calls may be running.
+func (f *fakeCredential) set(fn func(f *fakeCredential)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
 }
 
 func (f *fakeCredential) recordCtx(ctx context.Context) {
@@ -200,18 +229,19 @@ func newClockedSource(t *testing.T, lifetime time.Duration, opts ...Option) (*To
 	cred.clock, cred.lifetime = clock.Now, lifetime
 	ts := NewTokenSource(cred, opts...)
 	ts.now = clock.Now
+	ts.refreshJitter = 0 // refresh points at the margin, for exact times
 	return ts, cred, clock
 }
 
 // waitIdle waits until no fetch is running.
 func waitIdle(t *testing.T, ts *TokenSource) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for ts.fetching.Load() {
-		if time.Now().After(deadline) {
+	for f := ts.inflight.Load(); f != nil; f = ts.inflight.Load() {
+		select {
+		case <-f.done:
+		case <-time.After(10 * time.Second):
 			t.Fatal("fetch still running")
 		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
