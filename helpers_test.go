@@ -34,7 +34,7 @@ type fakeCredential struct {
 	returned  atomic.Int64
 	minted    []string
 	expiresOn func(now time.Time, lifetime time.Duration) time.Time // optional override
-	refreshOn func(now time.Time) time.Time                          // optional RefreshOn
+	refreshOn func(now time.Time) time.Time                         // optional RefreshOn
 	latency   time.Duration
 	oid       string        // the principal's object ID; a default when empty
 	panicWith any           // when non-nil, GetToken panics with it
