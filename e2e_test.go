@@ -24,8 +24,11 @@ import (
 func roleCredential(t *testing.T, pg *pgtest.Server, role, upn, mirid string) *fakeCredential {
 	t.Helper()
 	ctx := context.Background()
+	// The role may exist from an earlier run of the test (-count).
 	if err := pg.CreateRole(ctx, role, "not-a-token-yet"); err != nil {
-		t.Fatal(err)
+		if err := pg.SetPassword(ctx, role, "not-a-token-yet"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	cred := newFakeCredential(upn)
 	cred.mirid = mirid

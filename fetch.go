@@ -76,8 +76,12 @@ func (ts *TokenSource) fetch(scope string) (*cachedToken, error) {
 		ts.set.logger.Warn("entraauth: token fetch failed", "scope", scope, "error", err.Error(), "retry_in", delay)
 		return nil, err
 	}
-	c.principal = newPrincipal(c.claims, ts.current.Load())
+	prev := ts.current.Load()
+	c.principal = newPrincipal(c.claims, prev)
 	c.claims = nil
+	if prev == nil || prev.principal != c.principal {
+		ts.set.logger.Info("entraauth: new token principal", "oid", c.principal.oid, "user_claim", c.principal.claimName)
+	}
 	ts.current.Store(c)
 	if !now.Before(c.refreshAt) {
 		// Already due (a RefreshOn in the past): usable, but asking again
