@@ -382,4 +382,3 @@ func TestVerifyingConfigAllocatesNothingWhenWarm(t *testing.T) {
 		t.Fatalf("BeforeConnect with no sslmode named allocates %.1f times per call, want 0", allocs)
 	}
 }
-
