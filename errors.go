@@ -86,3 +86,14 @@ func (e *BackoffError) Error() string {
 
 // Unwrap returns the last fetch's failure.
 func (e *BackoffError) Unwrap() error { return e.Err }
+
+// ErrServerNotVerified is returned, during the TLS handshake, when no
+// sslmode is named (so entraauth verifies the server as sslmode=verify-full
+// would) and the server's certificate is not trusted or not issued for the
+// host connected to. The error says what to trust, or to name
+// sslmode=require to connect without verification.
+var ErrServerNotVerified = errors.New("entraauth: the server's TLS certificate could not be verified")
+
+// ErrInvalidConnString is returned by the Connect of a Connector whose
+// connection string pgx cannot parse. Its message never quotes the string.
+var ErrInvalidConnString = errors.New("entraauth: invalid connection string")

@@ -1,43 +1,29 @@
 package entraauth
 
 import (
-	"net/url"
-	"os"
 	"os/user"
-	"regexp"
-	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// userNamedResult caches, for one connection string, whether it or
-// PGUSER names a user.
-type userNamedResult struct {
-	connString string
-	named      bool
-}
-
-// userNamed reports whether the connection settings name a user. pgx fills
-// in the OS user name when none is given, which does not count. The answer
-// for the OS user name is cached per connection string, PGUSER included:
-// pgx read PGUSER when it parsed the config, so reading it again on every
-// connect (an environment lookup under a lock) could not change what the
-// config holds.
+// userNamed reports whether the connection settings name a user, as
+// opposed to pgx filling in the OS user name when none is given. A user
+// other than the OS user's name is named (by the string, PGUSER, a service
+// file or code). The OS user's name counts as named only when the
+// connection string, PGUSER or the service file names it: code setting
+// cfg.User to the OS user's name cannot be told from pgx's default, and
+// WithUser is the way to name a user in code.
 func (ts *TokenSource) userNamed(cfg *pgx.ConnConfig) bool {
 	if cfg.User == "" {
 		return false
 	}
-	if cfg.User != osUserName() {
-		return true
-	}
-	connString := cfg.ConnString()
-	if r := ts.userNamedCache.Load(); r != nil && r.connString == connString {
-		return r.named
-	}
-	named := os.Getenv("PGUSER") != "" || connStringNamesUser(connString)
-	ts.userNamedCache.Store(&userNamedResult{connString: connString, named: named})
-	return named
+	return cfg.User != osUserName() || ts.connFacts(cfg).userNamed
+}
+
+// userNamedBy is userNamed with the connection string's facts at hand.
+func userNamedBy(cfg *pgx.ConnConfig, f *connFacts) bool {
+	return cfg.User != "" && (f.userNamed || cfg.User != osUserName())
 }
 
 // osUserName is the name pgx uses when no user is named.
@@ -48,14 +34,9 @@ var osUserName = sync.OnceValue(func() string {
 	return ""
 })
 
-var keywordUser = regexp.MustCompile(`(^|\s)user\s*=`)
-
-// connStringNamesUser reports whether a pgx connection string, URL or
-// key/value form, sets a user.
+// connStringNamesUser reports whether a connection string, URL or
+// key/value form, itself names a user, as pgx reads it.
 func connStringNamesUser(connString string) bool {
-	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
-		u, err := url.Parse(connString)
-		return err == nil && (u.User.Username() != "" || u.Query().Get("user") != "")
-	}
-	return keywordUser.MatchString(connString)
+	s, err := pgxSettings(connString)
+	return err == nil && s["user"] != ""
 }

@@ -21,20 +21,30 @@ func Hook(cred azcore.TokenCredential, opts ...Option) func(context.Context, *pg
 
 // BeforeConnect readies a connection config for Entra authentication: it
 // drops plaintext fallbacks (refusing with ErrInsecureTransport a TCP
-// connection that would carry the token without TLS), sets the password to
-// the access token, sets pgconn's OAuthTokenProvider for servers that ask
-// for OAUTHBEARER, and fills in the user name unless one is named. Use it as
-// pgxpool.Config.BeforeConnect or with stdlib.OptionBeforeConnect.
+// connection that would carry the token without TLS), verifies the server
+// as sslmode=verify-full does when no sslmode is named, sets the password
+// to the access token, sets pgconn's OAuthTokenProvider for servers that
+// ask for OAUTHBEARER, and fills in the user name unless one is named. A
+// password written in the connection string is refused with
+// ErrInvalidOption. Use it as pgxpool.Config.BeforeConnect or with
+// stdlib.OptionBeforeConnect.
 func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) error {
 	if ts.set.err != nil {
 		return ts.set.err
 	}
-	if err := ts.guardTransport(cfg); err != nil {
+	facts := ts.connFacts(cfg)
+	if facts.passwordWritten && cfg.Password != "" {
+		return errPasswordWritten
+	}
+	if err := ts.guardTransport(cfg, facts); err != nil {
 		return err
 	}
 	scope, err := ts.scopeForHost(cfg.Host)
 	if err != nil {
 		return err
+	}
+	if !userNamedBy(cfg, facts) {
+		cfg.User = "" // pgx's default, the OS user: the name comes from the token
 	}
 	c, err := ts.token(ctx, scope)
 	if err != nil {
@@ -48,55 +58,102 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 	return nil
 }
 
-// guardTransport keeps the token off plaintext TCP. pgx tries the main
-// host, then each fallback: those that would not use TLS (sslmode=prefer's
-// and allow's plaintext attempts) are dropped, and if none is left the
-// connection is refused before anything is sent. Unix sockets are local and
-// allowed. cfg is a shallow copy shared with the pool, so the Fallbacks
-// slice and its elements are never modified: a new slice replaces it.
-func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig) error {
+// errPasswordWritten refuses a password written in the connection string,
+// which the token would silently replace.
+var errPasswordWritten = fmt.Errorf("%w: the connection string sets a password, which entraauth would replace with an Entra access token; "+
+	"remove the password from the connection string, or, for password authentication, connect with pgx alone, without entraauth", ErrInvalidOption)
+
+// guardTransport keeps the token off plaintext TCP and, when no sslmode is
+// named, away from unverified servers. pgx tries the main host, then each
+// fallback: those that would not use TLS (sslmode=prefer's and allow's
+// plaintext attempts) are dropped, an unverified TLS config is replaced by
+// a verifying one (see tls_default.go), and if no target is left the
+// connection is refused before anything is sent. Unix sockets are local
+// and allowed. cfg may share its TLS configs and its Fallbacks slice and
+// elements with other connects' configs, so none of them is modified: new
+// ones replace them.
+func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig, facts *connFacts) error {
 	if ts.set.allowPlaintext {
 		return nil
 	}
-	mainOK := ts.transportOK(cfg.Host, cfg.TLSConfig)
-	allOK := mainOK
-	for _, fb := range cfg.Fallbacks {
-		allOK = allOK && ts.transportOK(fb.Host, fb.TLSConfig)
-	}
-	if allOK {
-		return nil
-	}
-	kept := make([]*pgconn.FallbackConfig, 0, 1+len(cfg.Fallbacks))
-	if mainOK {
-		kept = append(kept, &pgconn.FallbackConfig{Host: cfg.Host, Port: cfg.Port, TLSConfig: cfg.TLSConfig})
-	}
-	for _, fb := range cfg.Fallbacks {
-		if ts.transportOK(fb.Host, fb.TLSConfig) {
-			kept = append(kept, fb)
+	k := keyOf(cfg.ConnString())
+	verify := !facts.sslModeNamed
+	var buf [4]target
+	targets := buf[:0]
+	same, kept := true, 0
+	check := func(host string, port uint16, in *tls.Config) {
+		out, ok := ts.checkTarget(k, host, in, verify)
+		targets = append(targets, target{host: host, port: port, in: in, out: out, ok: ok})
+		same = same && ok && out == in
+		if ok {
+			kept++
 		}
 	}
-	if len(kept) == 0 {
+	check(cfg.Host, cfg.Port, cfg.TLSConfig)
+	for _, fb := range cfg.Fallbacks {
+		check(fb.Host, fb.Port, fb.TLSConfig)
+	}
+	switch {
+	case same:
+		return nil
+	case kept == 0:
 		return ts.insecureTransportError(cfg)
 	}
-	cfg.Host, cfg.Port, cfg.TLSConfig = kept[0].Host, kept[0].Port, kept[0].TLSConfig
-	cfg.Fallbacks = kept[1:]
+	var fallbacks []*pgconn.FallbackConfig
+	if kept > 1 {
+		fallbacks = make([]*pgconn.FallbackConfig, 0, kept-1)
+	}
+	first := true
+	for i, t := range targets {
+		switch {
+		case !t.ok:
+		case first:
+			cfg.Host, cfg.Port, cfg.TLSConfig = t.host, t.port, t.out
+			first = false
+		case i > 0 && t.out == t.in:
+			fallbacks = append(fallbacks, cfg.Fallbacks[i-1])
+		default:
+			fallbacks = append(fallbacks, &pgconn.FallbackConfig{Host: t.host, Port: t.port, TLSConfig: t.out})
+		}
+	}
+	cfg.Fallbacks = fallbacks
 	return nil
 }
 
-// transportOK reports whether the token may be sent to host over a
-// connection with this TLS config.
-func (ts *TokenSource) transportOK(host string, tlsConfig *tls.Config) bool {
+// target is one host pgx would try, with the TLS config it would use and
+// the one the guard gives it.
+type target struct {
+	host    string
+	port    uint16
+	in, out *tls.Config
+	ok      bool
+}
+
+// checkTarget returns the TLS config to use for host, and whether the token
+// may be sent there: over a unix socket, or over TLS (verifying the host
+// when WithRequireVerifiedTLS is set). With verify set, an unverified TLS
+// config is replaced by one verifying the server as sslmode=verify-full.
+func (ts *TokenSource) checkTarget(k connKey, host string, in *tls.Config, verify bool) (*tls.Config, bool) {
 	switch {
 	case isUnixSocket(host):
-		return true
-	case tlsConfig == nil:
-		return false
-	case ts.set.requireVerified:
-		// sslmode=verify-full is the only mode in which pgx verifies both
-		// the certificate chain and the host name with the standard checks.
-		return !tlsConfig.InsecureSkipVerify
+		return in, true
+	case in == nil:
+		return nil, false
 	}
-	return true
+	out := in
+	if verify && unverified(in) {
+		out = ts.verifiedTLSFor(k, host, in)
+	}
+	// sslmode=verify-full is the only mode in which pgx verifies both the
+	// certificate chain and the host name with the standard checks.
+	return out, !ts.set.requireVerified || verifiesHost(out)
+}
+
+// transportOK reports whether a secret may be sent to host over this TLS
+// config as it is (env.go's password mode checks with it).
+func (ts *TokenSource) transportOK(host string, tlsConfig *tls.Config) bool {
+	_, ok := ts.checkTarget(connKey{}, host, tlsConfig, false)
+	return ok
 }
 
 func (ts *TokenSource) insecureTransportError(cfg *pgx.ConnConfig) error {

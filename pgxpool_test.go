@@ -44,7 +44,7 @@ func TestTransportGuard(t *testing.T) {
 				sharedCopy[i] = *fb
 			}
 			ts := NewTokenSource(newFakeCredential("a@x.com"), tc.opts...)
-			err := ts.guardTransport(cfg)
+			err := ts.guardTransport(cfg, ts.connFacts(cfg))
 			for i, fb := range shared {
 				if *fb != sharedCopy[i] {
 					t.Fatalf("shared fallback %d was modified", i)

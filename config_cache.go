@@ -1,0 +1,122 @@
+package entraauth
+
+import (
+	"crypto/tls"
+	"maps"
+	"os"
+	"unsafe"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// What BeforeConnect derives from a connection config is computed once per
+// distinct config and kept in a TokenSource's configCache, so that a warm
+// connect is a few loads: pools, database/sql and the proxy hand every
+// connect a copy of one parsed config, whose connection string shares its
+// bytes with the original.
+
+// connFacts are what entraauth needs to know about a connection string that
+// pgx's parsed config does not say, because pgx fills in defaults: the OS
+// user name for a user, sslmode=prefer, a password from PGPASSWORD or
+// .pgpass.
+type connFacts struct {
+	connString      string // keeps the bytes of the cache key alive
+	userNamed       bool   // by the string, PGUSER or the service file
+	sslModeNamed    bool   // by the string, PGSSLMODE or the service file
+	passwordWritten bool   // a non-empty password in the string itself
+}
+
+// newConnFacts reads connString, the environment variables pgx reads and
+// the service file the settings name. pgx read the same when it parsed the
+// config, moments before the first connect.
+func newConnFacts(connString string) *connFacts {
+	f := &connFacts{connString: connString}
+	settings, err := pgxSettings(connString)
+	if err != nil {
+		// pgx parsed this string, so this cannot happen; the answers left
+		// are the safe ones: keep the user, verify the server.
+		f.userNamed = true
+		return f
+	}
+	service := serviceSettings(settings)
+	f.userNamed = settings["user"] != "" || os.Getenv("PGUSER") != "" || service["user"] != ""
+	f.sslModeNamed = settings["sslmode"] != "" || os.Getenv("PGSSLMODE") != "" || service["sslmode"] != ""
+	f.passwordWritten = settings["password"] != ""
+	return f
+}
+
+// configCache is a TokenSource's copy-on-write cache of what it derived
+// from connection configs. It is never modified once published.
+type configCache struct {
+	facts map[connKey]*connFacts
+	tls   map[tlsKey]*tlsUpgrade
+}
+
+// userNamedResult is the type of TokenSource.userNamedCache, which holds
+// the configCache. (The name is historical; entraauth.go declares the
+// field.)
+type userNamedResult = configCache
+
+// maxCachedConfigs bounds a configCache: a program parsing a new connection
+// string for every connect starts the cache over now and then instead of
+// growing it.
+const maxCachedConfigs = 64
+
+// connKey identifies a connection string by its bytes' address and length.
+// Copies of a parsed config share the bytes. The cached connFacts holds the
+// string, so the address cannot be reused for other bytes while the key is
+// in the cache.
+type connKey struct {
+	data *byte
+	n    int
+}
+
+func keyOf(s string) connKey { return connKey{unsafe.StringData(s), len(s)} }
+
+// connFacts returns the facts of cfg's connection string, computing them
+// on first sight.
+func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
+	s := cfg.ConnString()
+	k := keyOf(s)
+	if c := ts.userNamedCache.Load(); c != nil {
+		if f, ok := c.facts[k]; ok {
+			return f
+		}
+	}
+	f := newConnFacts(s)
+	ts.updateConfigCache(func(c *configCache) {
+		if _, ok := c.facts[k]; !ok {
+			c.facts[k] = f
+		}
+	})
+	return f
+}
+
+// updateConfigCache publishes a copy of the cache changed by add, starting
+// over when the cache is full.
+func (ts *TokenSource) updateConfigCache(add func(*configCache)) {
+	for {
+		old := ts.userNamedCache.Load()
+		next := &configCache{facts: map[connKey]*connFacts{}, tls: map[tlsKey]*tlsUpgrade{}}
+		if old != nil && len(old.facts)+len(old.tls) < maxCachedConfigs {
+			maps.Copy(next.facts, old.facts)
+			maps.Copy(next.tls, old.tls)
+		}
+		add(next)
+		if ts.userNamedCache.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// tlsKey identifies one host's TLS config of one connection string.
+type tlsKey struct {
+	conn connKey
+	host string
+}
+
+// tlsUpgrade is the verifying TLS config made from an unverified one.
+type tlsUpgrade struct {
+	from tlsFingerprint
+	to   *tls.Config
+}
