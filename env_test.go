@@ -3,9 +3,11 @@ package entraauth
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -49,6 +51,7 @@ func TestLoadEnv(t *testing.T) {
 	t.Parallel()
 	azKV := "host=" + azHost + " port=5432 dbname=app sslmode=require user=aad_app"
 	wantAz := "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=require"
+	wantAzVerified := "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=verify-full"
 	tests := []struct {
 		name       string
 		prefix     string
@@ -120,11 +123,11 @@ func TestLoadEnv(t *testing.T) {
 			wantPW:     "p@ss w0rd;x",
 			wantFields: [4]string{neonHost, "", "neondb", "neondb_owner"},
 		},
-		// Java client type.
+		// Java client type. pgjdbc's ssl=true verifies the server.
 		{
 			name:       "JDBC URL with ssl=true",
 			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "jdbc:postgresql://" + azHost + ":5432/app?ssl=true&user=aad_app"},
-			wantConn:   wantAz,
+			wantConn:   wantAzVerified,
 			wantCred:   typeDefault,
 			wantKind:   "default",
 			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
@@ -161,7 +164,7 @@ func TestLoadEnv(t *testing.T) {
 			name: "Node.js parts with a password",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
 				"AZURE_POSTGRESQL_USER": "app_user", "AZURE_POSTGRESQL_PASSWORD": envTestPassword, "AZURE_POSTGRESQL_SSL": "true"},
-			wantConn:   "host=" + azHost + ` port=5432 dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=require`,
+			wantConn:   "host=" + azHost + ` port=5432 dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=verify-full`,
 			wantKind:   "password",
 			wantPW:     envTestPassword,
 			wantFields: [4]string{azHost, "5432", "app", "app_user"},
@@ -170,15 +173,15 @@ func TestLoadEnv(t *testing.T) {
 			name: "Node.js parts with a managed identity",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
 				"AZURE_POSTGRESQL_USER": "aad_app", "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_CLIENTID": miID},
-			wantConn:   wantAz,
+			wantConn:   wantAzVerified,
 			wantCred:   typeMI,
 			wantKind:   "managed-identity (client id " + miID + ")",
 			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
 		},
 		{
-			name: "Django parts (NAME), SSL false",
+			name: "Django parts (NAME), SSLMODE disable",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_NAME": "app", "AZURE_POSTGRESQL_USER": "app_user",
-				"AZURE_POSTGRESQL_PASSWORD": "dj4ng0-Pa55", "AZURE_POSTGRESQL_SSL": "false"},
+				"AZURE_POSTGRESQL_PASSWORD": "dj4ng0-Pa55", "AZURE_POSTGRESQL_SSLMODE": "disable"},
 			wantConn:   "host=" + azHost + " dbname=app user=app_user password=dj4ng0-Pa55 sslmode=disable",
 			wantKind:   "password",
 			wantPW:     "dj4ng0-Pa55",
@@ -274,7 +277,7 @@ func TestLoadEnv(t *testing.T) {
 		},
 		{
 			name:       "SSLMODE disagrees with SSL",
-			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_SSLMODE": "verify-full"},
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_SSLMODE": "require"},
 			wantErrVar: "AZURE_POSTGRESQL_SSLMODE",
 		},
 		{
@@ -331,7 +334,7 @@ func TestLoadEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ec, err := loadEnv(tt.prefix, lookupIn(tt.env))
+			ec, err := loadEnv(tt.prefix, lookupIn(tt.env), slog.New(slog.DiscardHandler))
 			if tt.wantErrVar != "" {
 				checkEnvError(t, err, tt.wantErrVar, tt.wantErrHas)
 				if ec != nil {
@@ -614,7 +617,8 @@ func TestEnvDefaultCredentialEndToEnd(t *testing.T) {
 	t.Setenv("AZURE_POSTGRESQL_HOST", srv.Host())
 	t.Setenv("AZURE_POSTGRESQL_PORT", strconv.Itoa(int(srv.Port())))
 	t.Setenv("AZURE_POSTGRESQL_DATABASE", "postgres")
-	t.Setenv("AZURE_POSTGRESQL_SSL", "true")
+	t.Setenv("AZURE_POSTGRESQL_SSL", "true") // verify-full, as in node-postgres
+	t.Setenv("PGSSLROOTCERT", srv.CAFile())
 	checkEnvPoolAndDB(t, "", alice.UPN)
 	// One token for the pool's connection and one for the database
 	// handle's: each has its own credential and token source.
@@ -636,7 +640,8 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", pg.ConnString(role, password))
 	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())
 
-	// The parts, as for Node.js, with SSL=true: TLS without verification.
+	// The parts, as for Node.js, with SSL=true: verified TLS, as
+	// node-postgres does. Without the test CA the server is refused.
 	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", "")
 	t.Setenv("NEON_POSTGRESQL_HOST", pg.Host)
 	t.Setenv("NEON_POSTGRESQL_PORT", strconv.Itoa(int(pg.Port)))
@@ -644,6 +649,13 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 	t.Setenv("NEON_POSTGRESQL_USER", role)
 	t.Setenv("NEON_POSTGRESQL_PASSWORD", password)
 	t.Setenv("NEON_POSTGRESQL_SSL", "true")
+	checkEnvRefusesUnverifiedServer(t, "NEON_POSTGRESQL")
+	t.Setenv("PGSSLROOTCERT", pg.CAFile)
+	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())
+
+	// SSL=no-verify (node-postgres's spelling): TLS without verification.
+	t.Setenv("PGSSLROOTCERT", "")
+	t.Setenv("NEON_POSTGRESQL_SSL", "no-verify")
 	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role)
 
 	// WithRequireVerifiedTLS refuses it, before connecting.
@@ -658,5 +670,67 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 			_ = db.Close()
 		}
 		t.Errorf("OpenDBFromEnv with sslmode=require and WithRequireVerifiedTLS: %v, want ErrInsecureTransport", err)
+	}
+}
+
+// checkEnvRefusesUnverifiedServer checks that a pool and a database handle
+// from the environment refuse the server's certificate.
+func checkEnvRefusesUnverifiedServer(t *testing.T, prefix string, opts ...Option) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, err := NewPoolFromEnv(ctx, prefix, opts...)
+	if err != nil {
+		t.Fatalf("NewPoolFromEnv: %v", err)
+	}
+	defer pool.Close()
+	var verr *tls.CertificateVerificationError
+	if err := pool.Ping(ctx); !errors.As(err, &verr) {
+		t.Errorf("pool: ping %v; want a certificate verification error", err)
+	}
+	db, err := OpenDBFromEnv(prefix, opts...)
+	if err != nil {
+		t.Fatalf("OpenDBFromEnv: %v", err)
+	}
+	defer db.Close()
+	if err := db.PingContext(ctx); !errors.As(err, &verr) {
+		t.Errorf("database/sql: ping %v; want a certificate verification error", err)
+	}
+}
+
+// TestEnvJDBCEndToEnd logs in with a JDBC URL as Service Connector writes
+// it for Java, with pgjdbc-only properties: they are dropped (PostgreSQL
+// refused them as settings, FATAL 42704) and logged by name, and ssl=true
+// verifies the server, as pgjdbc does.
+func TestEnvJDBCEndToEnd(t *testing.T) {
+	clearPGEnv(t)
+	pg := testServer(t)
+	const role, password = "env_jdbc_user", "jdbc Pa55+w'rd"
+	if err := pg.CreateRole(context.Background(), role, password); err != nil {
+		if err := pg.SetPassword(context.Background(), role, password); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jdbc := fmt.Sprintf("jdbc:postgresql://%s:%d/postgres?ssl=true&user=%s&password=%s"+
+		"&authenticationPluginClassName=com.azure.identity.extensions.jdbc.postgresql.AzurePostgresqlAuthenticationPlugin"+
+		"&sslfactory=org.postgresql.ssl.NonValidatingFactory&loginTimeout=5&ApplicationName=env-jdbc-test",
+		pg.Host, pg.Port, role, url.QueryEscape(password))
+	t.Setenv("JAVA_POSTGRESQL_CONNECTIONSTRING", jdbc)
+	checkEnvRefusesUnverifiedServer(t, "JAVA_POSTGRESQL")
+
+	t.Setenv("JAVA_POSTGRESQL_CONNECTIONSTRING", jdbc+"&sslrootcert="+url.QueryEscape(pg.CAFile))
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	checkEnvPoolAndDB(t, "JAVA_POSTGRESQL", role, WithRequireVerifiedTLS(), WithLogger(logger))
+	for _, name := range []string{"authenticationPluginClassName", "sslfactory", "loginTimeout"} {
+		if !strings.Contains(logs.String(), name) {
+			t.Errorf("the log does not name the dropped property %s:\n%s", name, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "ApplicationName") {
+		t.Errorf("the log names ApplicationName, which is kept as application_name:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "Pa55") {
+		t.Errorf("the log shows the password:\n%s", logs.String())
 	}
 }
