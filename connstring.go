@@ -446,7 +446,10 @@ func jdbcParam(key, val string) (string, string, bool) {
 	}
 	if name == "target_session_attrs" {
 		v, ok := jdbcTargetServerTypes[val]
-		return key, v, ok && v != ""
+		if !ok {
+			return key, val, false
+		}
+		return name, v, true
 	}
 	if name == "sslmode" {
 		val = strings.ToLower(val) // pgjdbc ignores its case

@@ -3,10 +3,10 @@ package entraauth
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
@@ -120,8 +120,15 @@ func (c EnvConfig) MarshalJSON() ([]byte, error) { return json.Marshal(c.redacte
 
 // MarshalText encodes the configuration as String does, for encoders that
 // use encoding.TextMarshaler (slog's text handler for a nested value, XML,
-// YAML, gob).
+// YAML).
 func (c EnvConfig) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// GobEncode refuses to encode the configuration: gob carries values to be
+// used again, and an EnvConfig holds a password or a credential that must
+// not travel; read the environment where it is needed.
+func (c EnvConfig) GobEncode() ([]byte, error) {
+	return nil, errors.New("entraauth: an EnvConfig is not gob-encoded: it may hold a password")
+}
 
 // redactedEnvConfig is what may be shown of an EnvConfig.
 type redactedEnvConfig struct {

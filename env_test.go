@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding"
+	"encoding/gob"
+	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"reflect"
@@ -438,8 +443,23 @@ func checkNoSecrets(t *testing.T, s string) {
 func TestEnvConfigPrintsNoPassword(t *testing.T) {
 	t.Parallel()
 	ec := &EnvConfig{Prefix: "P", ConnString: "host=h password=" + quoteValue(envTestPassword) + " sslpassword=" + envTestSecret, CredentialKind: "password", PasswordAuth: true}
-	out := printed(ec) + printed(*ec)
+	out := printed(ec) + printed(*ec) + everyEncoding(t, ec) + everyEncoding(t, *ec)
 	checkNoSecrets(t, out)
+	// JSON (json.Marshal, and slog's JSON handler for a nested value) and
+	// text show the redacted configuration.
+	j, err := json.Marshal(struct{ C EnvConfig }{*ec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"C":{"prefix":"P","conn_string":"host=h password=[REDACTED] sslpassword=[REDACTED]","credential":"password","password_auth":true}}`; string(j) != want {
+		t.Errorf("json.Marshal:\n got %s\nwant %s", j, want)
+	}
+	if text, err := ec.MarshalText(); err != nil || string(text) != ec.String() {
+		t.Errorf("MarshalText: %q, %v; want String()", text, err)
+	}
+	if err := gob.NewEncoder(io.Discard).Encode(ec); err == nil {
+		t.Error("gob encoded an EnvConfig")
+	}
 	for _, want := range []string{"password=[REDACTED]", "sslpassword=[REDACTED]", "host=h"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("printed config lacks %q: %s", want, out)
@@ -727,10 +747,187 @@ func TestEnvJDBCEndToEnd(t *testing.T) {
 			t.Errorf("the log does not name the dropped property %s:\n%s", name, logs.String())
 		}
 	}
+	pool, err := NewPoolFromEnv(context.Background(), "JAVA_POSTGRESQL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var app string
+	if err := pool.QueryRow(context.Background(), "select current_setting('application_name')").Scan(&app); err != nil || app != "env-jdbc-test" {
+		t.Errorf("application_name %q, %v; want ApplicationName's env-jdbc-test", app, err)
+	}
 	if strings.Contains(logs.String(), "ApplicationName") {
 		t.Errorf("the log names ApplicationName, which is kept as application_name:\n%s", logs.String())
 	}
 	if strings.Contains(logs.String(), "Pa55") {
 		t.Errorf("the log shows the password:\n%s", logs.String())
+	}
+}
+
+// everyEncoding returns all that fmt, slog, JSON, XML, text and gob show
+// of v, on its own and nested in a struct, a pointer, a slice and a map.
+func everyEncoding(t *testing.T, v any) string {
+	t.Helper()
+	var b bytes.Buffer
+	type wrapper struct {
+		Config any
+	}
+	for _, w := range []any{v, &v, wrapper{v}, &wrapper{v}, []any{v}, map[string]any{"config": v}} {
+		fmt.Fprintf(&b, "%v %+v %#v %s %q\n", w, w, w, w, w)
+		slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "cfg", w)
+		slog.New(slog.NewTextHandler(&b, nil)).Info("config", "cfg", w)
+		if j, err := json.Marshal(w); err == nil {
+			b.Write(j)
+		}
+		if x, err := xml.Marshal(w); err == nil {
+			b.Write(x)
+		}
+	}
+	if tm, ok := v.(encoding.TextMarshaler); ok {
+		text, err := tm.MarshalText()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(text)
+	}
+	_ = gob.NewEncoder(&b).Encode(v) // gob may refuse a type; what it writes is searched
+	return b.String()
+}
+
+// TestEnvNeverPrintsAPassword loads a password-mode environment in every
+// shape (each connection-string form, escaped and not, and the parts) with
+// passwords holding the characters that split them, connects (to a closed
+// port), and searches everything printed, encoded, logged or returned as an
+// error for the password or any part of it.
+func TestEnvNeverPrintsAPassword(t *testing.T) {
+	clearPGEnv(t)
+	const prefix = "LEAK_POSTGRESQL"
+	passwords := []string{"pwAq1/pwBq2@pwCq3", "pwAq1@pwBq2", "pwAq1?pwBq2=pwCq3", "pwAq1;pwBq2=pwCq3",
+		`pwAq1 pwBq2'pwCq3\`, "pwAq1#pwBq2:pwCq3", "pwAq1&pwBq2+pwCq3", "pwAq1%pwBq2", "pwAq1"}
+	type shape struct {
+		name  string
+		skip  string
+		write func(pw string) string
+	}
+	var shapes []shape
+	for _, s := range connStringShapes {
+		shapes = append(shapes, shape{s.name, s.skip, s.write})
+	}
+	shapes = append(shapes, shape{name: "parts"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	checked := 0
+	for _, s := range shapes {
+		for _, pw := range passwords {
+			if strings.ContainsAny(pw, s.skip) {
+				continue
+			}
+			for _, k := range []string{"CONNECTIONSTRING", "HOST", "PORT", "DATABASE", "USER", "PASSWORD", "SSLMODE"} {
+				t.Setenv(prefix+"_"+k, "")
+			}
+			if s.write == nil {
+				t.Setenv(prefix+"_HOST", "127.0.0.1")
+				t.Setenv(prefix+"_PORT", "1")
+				t.Setenv(prefix+"_DATABASE", "db")
+				t.Setenv(prefix+"_USER", "user")
+				t.Setenv(prefix+"_PASSWORD", pw)
+				t.Setenv(prefix+"_SSLMODE", "require")
+			} else {
+				cs := strings.ReplaceAll(strings.ReplaceAll(s.write(pw), "host.example", "127.0.0.1"), "5432", "1")
+				t.Setenv(prefix+"_CONNECTIONSTRING", cs)
+			}
+			var out, logs bytes.Buffer
+			logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			showErr := func(err error) {
+				if err != nil {
+					fmt.Fprintf(&out, "%s %v %+v %#v\n", err.Error(), err, err, err)
+					out.WriteString(everyEncoding(t, err))
+				}
+			}
+			ec, err := LoadEnv(prefix)
+			showErr(err)
+			if ec != nil {
+				out.WriteString(everyEncoding(t, ec))
+				out.WriteString(everyEncoding(t, *ec))
+				out.WriteString(ec.Host + ec.Port + ec.Database + ec.User)
+			}
+			if pool, err := NewPoolFromEnv(ctx, prefix, WithLogger(logger)); err != nil {
+				showErr(err)
+			} else {
+				showErr(pool.Ping(ctx))
+				pool.Close()
+			}
+			if db, err := OpenDBFromEnv(prefix, WithLogger(logger)); err != nil {
+				showErr(err)
+			} else {
+				showErr(db.PingContext(ctx))
+				_ = db.Close()
+			}
+			all := out.String() + logs.String()
+			if loc := passwordChunk.FindStringIndex(all); loc != nil || strings.Contains(all, pw) {
+				if loc == nil {
+					loc = []int{strings.Index(all, pw), strings.Index(all, pw) + len(pw)}
+				}
+				t.Errorf("%s, password %q: the output shows it or a part of it: …%s…", s.name, pw,
+					all[max(0, loc[0]-300):min(len(all), loc[1]+100)])
+			}
+			if ec != nil && !strings.Contains(all, "[REDACTED]") {
+				t.Errorf("%s, password %q: no redacted password in the output:\n%s", s.name, pw, all)
+			}
+			checked++
+		}
+	}
+	t.Logf("%d environments checked", checked)
+}
+
+// TestEnvErrorsHoldNoPgxParseError checks that no error from the env
+// functions lets errors.As reach pgx's *pgconn.ParseConfigError, whose
+// ConnString field holds the connection string as given, password and all
+// (issue 15, item 7), while errors.Is still finds ErrEnv and the message
+// still says what pgx objected to.
+func TestEnvErrorsHoldNoPgxParseError(t *testing.T) {
+	clearPGEnv(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, connString, wantHas string
+		open                      func() error
+	}{
+		{"LoadEnv, a bad port", "host=" + azHost + " port=notaport password=" + envTestSecret, "port",
+			func() error { _, err := LoadEnv(""); return err }},
+		{"NewPoolFromEnv, a bad pool setting", "host=" + azHost + " pool_max_conns=lots password=" + envTestSecret, "pool_max_conns",
+			func() error {
+				pool, err := NewPoolFromEnv(ctx, "")
+				if err == nil {
+					pool.Close()
+				}
+				return err
+			}},
+		{"OpenDBFromEnv, a bad pgx setting, password mode", "host=" + azHost + " statement_cache_capacity=lots password=" + envTestSecret, "statement_cache_capacity",
+			func() error {
+				db, err := OpenDBFromEnv("")
+				if err == nil {
+					_ = db.Close()
+				}
+				return err
+			}},
+		{"OpenDBFromEnv, a bad pgx setting, token mode", "host=" + azHost + " statement_cache_capacity=lots", "statement_cache_capacity",
+			func() error {
+				db, err := OpenDBFromEnv("")
+				if err == nil {
+					err = db.PingContext(ctx)
+					_ = db.Close()
+				}
+				return err
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", tc.connString)
+			err := tc.open()
+			checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", tc.wantHas)
+			var pce *pgconn.ParseConfigError
+			if errors.As(err, &pce) {
+				t.Errorf("errors.As reaches a *pgconn.ParseConfigError holding %d bytes of connection string", len(pce.ConnString))
+			}
+		})
 	}
 }
