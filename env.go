@@ -173,9 +173,9 @@ func (c EnvConfig) redacted() redactedEnvConfig {
 // to roots in the system pool). JDBC's ssl=true (or a bare ssl) and _SSL=true
 // mean verify-full, as in pgjdbc and node-postgres; _SSL=no-verify means
 // require. JDBC's ssl=false names no sslmode, as in pgjdbc, so the default
-// applies (verify-full for Hook, Connector and the pools and handles made
-// here with a credential). _SSL=false is refused: node-postgres still
-// verifies the server for it. Of a JDBC URL's parameters, only those pgx
+// applies: entraauth's verify-full with a credential, pgx's prefer (or
+// PGSSLMODE) in password mode, as in pgjdbc. _SSL=false is refused:
+// node-postgres still verifies the server for it. Of a JDBC URL's parameters, only those pgx
 // has an equivalent of are kept (user, password, sslmode, sslrootcert,
 // sslcert, sslkey, sslpassword, ApplicationName, currentSchema,
 // connectTimeout, options, targetServerType, channelBinding,
@@ -542,7 +542,8 @@ func (e env) sslMode(suffix, v string) (string, error) {
 			return "require", nil
 		case "false", "0", "no", "off":
 			return "", e.errorf(suffix, "is %q, which entraauth does not read as TLS off: node-postgres, for which Service Connector "+
-				"sets it, still verifies the server for that string; unset it for verify-full, or set %s instead", v, e.name(envSSLMode))
+				"sets it, still verifies the server for that string; set it to true (verify-full) or no-verify (require), "+
+				"or set %s instead (disable only for a local server)", v, e.name(envSSLMode))
 		}
 	}
 	m, err := normSSLMode(v)
