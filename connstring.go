@@ -115,9 +115,11 @@ func (p *params) String(redact bool) string {
 	return b.String()
 }
 
-// quoteValue quotes a key/value connection string value when it needs it.
+// quoteValue quotes a key/value connection string value when it needs it,
+// or when it holds a ";", so that the string cannot be read as the .NET
+// form.
 func quoteValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\r\v\f'\\") {
+	if v != "" && !strings.ContainsAny(v, " \t\n\r\v\f'\\;") {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
@@ -490,9 +492,9 @@ var errAmbiguousForms = errors.New("the connection string reads both as the .NET
 // keyword is written as pgx writes it (host=…;database=…, which Npgsql
 // also reads): such a string is read both ways, and the reading that gives
 // settings that make sense wins. When both do, the .NET reading wins,
-// unless the key/value reading holds a ";" in a password: then the two
-// readings would put the password's characters in different places, and
-// the string is refused.
+// unless the two readings find different passwords: then the string is
+// refused, as a password's characters would land in other settings in one
+// of them.
 func parseKeyValueOrDotNet(s string) (*params, error) {
 	key, _, hasEq := strings.Cut(s, "=")
 	key = strings.Trim(key, spaces)
@@ -513,7 +515,7 @@ func parseKeyValueOrDotNet(s string) (*params, error) {
 	switch {
 	case dnErr == nil && kvErr == nil:
 		for k := range secretKeys {
-			if strings.Contains(kv.vals[k], ";") {
+			if kv.vals[k] != dn.vals[k] {
 				return nil, errAmbiguousForms
 			}
 		}

@@ -150,7 +150,7 @@ func TestLoadEnv(t *testing.T) {
 			name:       ".NET form with a quoted password: password mode",
 			prefix:     "NEON_POSTGRESQL",
 			env:        map[string]string{"NEON_POSTGRESQL_CONNECTIONSTRING": `Host=` + neonHost + `; Database=neondb; Port=5432; SSL Mode=VerifyFull; Username=neondb_owner; Password="a;b""c"`},
-			wantConn:   "host=" + neonHost + ` port=5432 dbname=neondb user=neondb_owner password=a;b"c sslmode=verify-full`,
+			wantConn:   "host=" + neonHost + ` port=5432 dbname=neondb user=neondb_owner password='a;b"c' sslmode=verify-full`,
 			wantKind:   "password",
 			wantPW:     `a;b"c`,
 			wantFields: [4]string{neonHost, "5432", "neondb", "neondb_owner"},
