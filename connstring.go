@@ -144,10 +144,8 @@ func parseConnString(s string) (*params, error) {
 	var p *params
 	var err error
 	switch {
-	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
-		p, err = parseURL(s[strings.Index(s, "://")+3:], false)
-	case strings.HasPrefix(s, "jdbc:postgresql://"):
-		p, err = parseURL(strings.TrimPrefix(s, "jdbc:postgresql://"), true)
+	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"), strings.HasPrefix(s, "jdbc:postgresql://"):
+		p, err = parseURL(s)
 	default:
 		p, err = parseKeyValueOrDotNet(s)
 	}
@@ -272,13 +270,14 @@ func splitUserinfo(rest string) (userinfo, after string, err error) {
 	return "", rest, nil
 }
 
-// parseURL parses a postgres://, postgresql:// or (jdbc set)
-// jdbc:postgresql:// URL, given what follows "://", as libpq (or pgjdbc)
-// does: hosts are comma-separated, and query parameters are settings. Of
-// a JDBC URL's parameters, pgjdbc's properties, only those pgx has an
-// equivalent of are kept (see jdbcParams); the rest are dropped and listed
-// in params.dropped.
-func parseURL(rest string, jdbc bool) (*params, error) {
+// parseURL parses a postgres://, postgresql:// or jdbc:postgresql:// URL
+// as libpq (or pgjdbc) does: hosts are comma-separated, and query
+// parameters are settings. Of a JDBC URL's parameters, pgjdbc's
+// properties, only those pgx has an equivalent of are kept (see
+// jdbcParams); the rest are dropped and listed in params.dropped.
+func parseURL(s string) (*params, error) {
+	jdbc := strings.HasPrefix(s, "jdbc:")
+	rest := s[strings.Index(s, "://")+3:]
 	p := &params{}
 	decode := func(v, what string) (string, error) {
 		d, err := url.PathUnescape(v)

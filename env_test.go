@@ -849,7 +849,7 @@ func TestEnvNeverPrintsAPassword(t *testing.T) {
 			if ec != nil {
 				out.WriteString(everyEncoding(t, ec))
 				out.WriteString(everyEncoding(t, *ec))
-				out.WriteString(ec.Host + ec.Port + ec.Database + ec.User)
+				out.WriteString(ec.String() + ec.Host + ec.Port + ec.Database + ec.User)
 			}
 			if pool, err := NewPoolFromEnv(ctx, prefix, WithLogger(logger)); err != nil {
 				showErr(err)
