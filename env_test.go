@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net/url"
 	"reflect"
@@ -930,4 +931,33 @@ func TestEnvErrorsHoldNoPgxParseError(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLoadEnvLogsDroppedJDBCProperties checks that LoadEnv, which takes no
+// options, names the JDBC properties it drops at Debug to slog.Default.
+func TestLoadEnvLogsDroppedJDBCProperties(t *testing.T) {
+	var logs bytes.Buffer
+	old, oldOut, oldFlags := slog.Default(), log.Writer(), log.Flags()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer func() {
+		// Setting slog's default back does not give the log package its
+		// writer back.
+		slog.SetDefault(old)
+		log.SetOutput(oldOut)
+		log.SetFlags(oldFlags)
+	}()
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "jdbc:postgresql://"+azHost+"/app?user=u&password="+envTestSecret+
+		"&sslmode=verify-full&loginTimeout=5&sslfactory=org.postgresql.ssl.DefaultJavaSSLFactory")
+	ec, err := LoadEnv("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "host=" + azHost + " dbname=app user=u password=" + envTestSecret + " sslmode=verify-full"; ec.ConnString != want {
+		t.Errorf("ConnString %q; want %q", ec.ConnString, want)
+	}
+	if !strings.Contains(logs.String(), "level=DEBUG") || !strings.Contains(logs.String(), "properties=\"[loginTimeout sslfactory]\"") ||
+		!strings.Contains(logs.String(), "variable=AZURE_POSTGRESQL_CONNECTIONSTRING") {
+		t.Errorf("log:\n%s", logs.String())
+	}
+	checkNoSecrets(t, logs.String())
 }
