@@ -3,10 +3,10 @@ package entraauth
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -59,8 +59,11 @@ func (e *EnvError) Unwrap() error { return e.Err }
 // environment variables by LoadEnv: a pgx connection string, and either a
 // credential for Entra tokens or, in password mode, nothing more.
 //
-// Printing an EnvConfig with fmt or slog shows the connection string with
-// any password replaced by [REDACTED], and the credential's kind only.
+// Printed with fmt (any verb), logged with slog (any handler, nested in a
+// struct, slice or map too) or encoded as JSON or text, an EnvConfig shows
+// the connection string with any password replaced by [REDACTED], and the
+// credential's kind only. (fmt cannot reach the methods of a value held in
+// an unexported struct field: do not keep one there and print the struct.)
 type EnvConfig struct {
 	// Prefix is the variables' prefix, such as "AZURE_POSTGRESQL".
 	Prefix string
@@ -101,11 +104,43 @@ func (c EnvConfig) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(c.String(
 
 // LogValue logs the configuration with any password redacted.
 func (c EnvConfig) LogValue() slog.Value {
+	v := c.redacted()
 	return slog.GroupValue(
-		slog.String("prefix", c.Prefix),
-		slog.String("conn_string", redactConnString(c.ConnString)),
-		slog.String("credential", c.CredentialKind),
+		slog.String("prefix", v.Prefix),
+		slog.String("conn_string", v.ConnString),
+		slog.String("credential", v.Credential),
+		slog.Bool("password_auth", v.PasswordAuth),
 	)
+}
+
+// MarshalJSON encodes the configuration as a JSON object with any
+// password redacted: slog's JSON handler uses it for an EnvConfig nested in
+// another value.
+func (c EnvConfig) MarshalJSON() ([]byte, error) { return json.Marshal(c.redacted()) }
+
+// MarshalText encodes the configuration as String does, for encoders that
+// use encoding.TextMarshaler (slog's text handler for a nested value, XML,
+// YAML).
+func (c EnvConfig) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// GobEncode refuses to encode the configuration: gob carries values to be
+// used again, and an EnvConfig holds a password or a credential that must
+// not travel; read the environment where it is needed.
+func (c EnvConfig) GobEncode() ([]byte, error) {
+	return nil, errors.New("entraauth: an EnvConfig is not gob-encoded: it may hold a password")
+}
+
+// redactedEnvConfig is what may be shown of an EnvConfig.
+type redactedEnvConfig struct {
+	Prefix       string `json:"prefix"`
+	ConnString   string `json:"conn_string"`
+	Credential   string `json:"credential"`
+	PasswordAuth bool   `json:"password_auth"`
+}
+
+func (c EnvConfig) redacted() redactedEnvConfig {
+	return redactedEnvConfig{Prefix: c.Prefix, ConnString: redactConnString(c.ConnString),
+		Credential: c.CredentialKind, PasswordAuth: c.PasswordAuth}
 }
 
 // LoadEnv reads the database configuration Azure Service Connector puts in
@@ -116,12 +151,12 @@ func (c EnvConfig) LogValue() slog.Value {
 //   - <prefix>_CONNECTIONSTRING: the connection string, in libpq key/value
 //     form (host=… dbname=… sslmode=require user=…), URL form
 //     (postgresql://…, also jdbc:postgresql://…), or the .NET form
-//     (Server=…;Database=…;Port=…;Ssl Mode=Require;User Id=…).
+//     (Server=…;Database=…;Port=…;Ssl Mode=Require;User Id=…, keywords in
+//     any case).
 //   - or its parts, as Service Connector sets them for Node.js and Django:
 //     <prefix>_HOST, _PORT, _DATABASE (or _NAME), _USER (or _USERNAME),
-//     _PASSWORD, and _SSL (true or false) or _SSLMODE. A part set next to a
-//     connection string fills in what the string lacks and must agree with
-//     what it has.
+//     _PASSWORD, and _SSL or _SSLMODE. A part set next to a connection
+//     string fills in what the string lacks and must agree with what it has.
 //   - <prefix>_CLIENTID alone: a user-assigned managed identity
 //     (azidentity.ManagedIdentityCredential with that client ID).
 //   - <prefix>_CLIENTID, <prefix>_CLIENTSECRET and <prefix>_TENANTID: a
@@ -131,14 +166,30 @@ func (c EnvConfig) LogValue() slog.Value {
 //     authentication (Service Connector's secret mode, as with Neon), with
 //     no credential and no token.
 //
-// An empty variable counts as unset. A missing, malformed or contradictory
-// variable is reported as an *EnvError naming it (wrapping ErrEnv), which
-// never shows a secret. The sslmode is kept as the environment gives it:
-// Service Connector writes sslmode=require, which encrypts but does not
-// verify the server; write sslmode=verify-full into the variable to verify
-// it (Azure's certificates chain to roots in the system pool).
+// TLS is never weaker than the client the variables were written for would
+// use. An sslmode is kept as written: Service Connector writes
+// sslmode=require, which encrypts but does not verify the server; write
+// verify-full into the variable to verify it (Azure's certificates chain
+// to roots in the system pool). JDBC's ssl=true (or a bare ssl) and _SSL=true
+// mean verify-full, as in pgjdbc and node-postgres; _SSL=no-verify means
+// require. JDBC's ssl=false names no sslmode, as in pgjdbc, so the default
+// applies: entraauth's verify-full with a credential, pgx's prefer (or
+// PGSSLMODE) in password mode, as in pgjdbc. _SSL=false is refused:
+// node-postgres still verifies the server for it. Of a JDBC URL's parameters, only those pgx
+// has an equivalent of are kept (user, password, sslmode, sslrootcert,
+// sslcert, sslkey, sslpassword, ApplicationName, currentSchema,
+// connectTimeout, options, targetServerType, channelBinding,
+// sslNegotiation); the rest (authenticationPluginClassName, sslfactory,
+// loginTimeout, …) would reach the server as settings it refuses, so they
+// are dropped, and their names logged at Debug to slog.Default.
+//
+// An empty variable counts as unset. A missing, malformed, ambiguous or
+// contradictory variable is reported as an *EnvError naming it (wrapping
+// ErrEnv), which never shows a secret: a URL whose password holds an
+// unescaped "@", "/" or "?" is refused rather than split, and so is a host
+// holding ";", "=" or "@".
 func LoadEnv(prefix string) (*EnvConfig, error) {
-	return loadEnv(prefix, os.LookupEnv)
+	return loadEnv(prefix, os.LookupEnv, slog.Default())
 }
 
 // NewPoolFromEnv returns a pgx pool configured by LoadEnv(prefix). With a
@@ -146,8 +197,9 @@ func LoadEnv(prefix string) (*EnvConfig, error) {
 // TokenSource made with opts (as Hook does). In password mode the password
 // is used and opts have no effect, except that an invalid option is still
 // reported and WithRequireVerifiedTLS still refuses an unverified
-// connection. Like pgxpool.New, it does not connect: Ping the pool to
-// check the configuration. Close the pool when done.
+// connection. The dropped JDBC parameters are logged to WithLogger's
+// logger (or slog.Default). Like pgxpool.New, it does not connect: Ping
+// the pool to check the configuration. Close the pool when done.
 func NewPoolFromEnv(ctx context.Context, prefix string, opts ...Option) (*pgxpool.Pool, error) {
 	ec, set, err := loadEnvWithOptions(prefix, opts)
 	if err != nil {
@@ -172,20 +224,21 @@ func NewPoolFromEnv(ctx context.Context, prefix string, opts ...Option) (*pgxpoo
 // with an Entra token from a TokenSource made with opts (as Connector
 // does). In password mode the password is used and opts have no effect,
 // except that an invalid option is still reported and
-// WithRequireVerifiedTLS still refuses an unverified connection. Like
-// sql.Open, it does not connect: PingContext checks the configuration.
-// Close the handle when done.
+// WithRequireVerifiedTLS still refuses an unverified connection. The
+// dropped JDBC parameters are logged to WithLogger's logger (or
+// slog.Default). Like sql.Open, it does not connect: PingContext checks
+// the configuration. Close the handle when done.
 func OpenDBFromEnv(prefix string, opts ...Option) (*sql.DB, error) {
 	ec, set, err := loadEnvWithOptions(prefix, opts)
 	if err != nil {
 		return nil, err
 	}
-	if !ec.PasswordAuth {
-		return sql.OpenDB(NewTokenSource(ec.Credential, opts...).Connector(ec.ConnString)), nil
-	}
 	cfg, err := pgx.ParseConfig(ec.ConnString)
 	if err != nil {
-		return nil, ec.parseError(parsePgconn)
+		return nil, ec.parseError(parsePgx)
+	}
+	if !ec.PasswordAuth {
+		return sql.OpenDB(NewTokenSource(ec.Credential, opts...).Connector(ec.ConnString)), nil
 	}
 	if err := checkPasswordTransport(set, cfg); err != nil {
 		return nil, err
@@ -199,8 +252,22 @@ func loadEnvWithOptions(prefix string, opts []Option) (*EnvConfig, settings, err
 	if set.err != nil {
 		return nil, set, set.err
 	}
-	ec, err := LoadEnv(prefix)
+	ec, err := loadEnv(prefix, os.LookupEnv, envLogger(opts))
 	return ec, set, err
+}
+
+// envLogger is the logger given by WithLogger, or slog.Default.
+func envLogger(opts []Option) *slog.Logger {
+	var s settings
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&s)
+		}
+	}
+	if s.logger == nil {
+		return slog.Default()
+	}
+	return s.logger
 }
 
 // checkPasswordTransport applies WithRequireVerifiedTLS to a password-mode
@@ -237,9 +304,6 @@ const (
 	envTenantID     = "TENANTID"
 )
 
-// secretKeys are the connection settings whose values are never shown.
-var secretKeys = map[string]bool{"password": true, "sslpassword": true}
-
 // env reads one prefix's variables; empty values count as unset.
 type env struct {
 	prefix string
@@ -257,8 +321,8 @@ func (e env) errorf(suffix, format string, args ...any) *EnvError {
 	return &EnvError{Var: e.name(suffix), Reason: fmt.Sprintf(format, args...)}
 }
 
-// loadEnv is LoadEnv with the environment passed in, for tests.
-func loadEnv(prefix string, lookup func(string) (string, bool)) (*EnvConfig, error) {
+// loadEnv is LoadEnv with the environment and the logger passed in.
+func loadEnv(prefix string, lookup func(string) (string, bool), logger *slog.Logger) (*EnvConfig, error) {
 	prefix = strings.TrimSuffix(prefix, "_")
 	if prefix == "" {
 		prefix = DefaultEnvPrefix
@@ -281,6 +345,10 @@ func loadEnv(prefix string, lookup func(string) (string, bool)) (*EnvConfig, err
 	if ec.source == "" {
 		ec.source = e.name(envHost)
 	}
+	if len(p.dropped) > 0 {
+		logger.Debug("entraauth: dropped JDBC connection properties pgx has no equivalent of",
+			"variable", ec.source, "properties", p.dropped)
+	}
 	// Let pgx check what it will parse later, so a bad setting is reported
 	// now and named.
 	if err := parsePgconn(ec.ConnString); err != nil {
@@ -297,15 +365,22 @@ func parsePgconn(s string) error {
 	return err
 }
 
+func parsePgx(s string) error {
+	_, err := pgx.ParseConfig(s)
+	return err
+}
+
 // parseError reports that parse (pgx) cannot parse the connection string.
 // pgx's errors quote the string, so the redacted string is parsed again
-// for an error safe to show.
+// for a message safe to show. Only the message is kept: pgx's
+// *pgconn.ParseConfigError holds the string it parsed, and errors.As must
+// reach nothing that holds a connection string.
 func (c *EnvConfig) parseError(parse func(string) error) error {
-	err := parse(redactConnString(c.ConnString))
-	if err == nil {
-		err = errors.New("pgx rejected it (details not shown: they would show a secret)")
+	msg := "pgx rejected it (details not shown: they would show a secret)"
+	if err := parse(redactConnString(c.ConnString)); err != nil {
+		msg = err.Error()
 	}
-	return &EnvError{Var: c.source, Reason: "gives settings pgx cannot use", Err: err}
+	return &EnvError{Var: c.source, Reason: "gives settings pgx cannot use", Err: errors.New(msg)}
 }
 
 // credential chooses the credential from the CLIENTID, CLIENTSECRET and
@@ -407,6 +482,10 @@ func (e env) connParams() (*params, error) {
 			if strings.IndexByte(v, 0) >= 0 {
 				return nil, e.errorf(suffix, "contains a NUL byte")
 			}
+			if part.key == "host" && strings.ContainsAny(v, badHostChars) {
+				return nil, e.errorf(suffix, `holds ";", "=" or "@", which no host name does (not shown: it may hold more than a host); `+
+					"set it to the server's host name only")
+			}
 			have, from, ok := p.lookup(part.key)
 			switch {
 			case !ok:
@@ -445,439 +524,34 @@ func (e env) port(suffix, v string) (string, error) {
 	return v, nil
 }
 
-// sslMode turns _SSL's true/false or _SSLMODE's mode into an sslmode.
+// sslMode turns _SSLMODE's mode, or _SSL's value, into an sslmode.
+//
+// Service Connector sets _SSL=true for Node.js apps, which hand it to
+// node-postgres as its ssl option. node-postgres then verifies the
+// certificate chain and the host name, for any string but "no-verify":
+// "false" included, as the string is truthy. So true means verify-full and
+// no-verify means require. False is refused: reading it as TLS off would be
+// weaker than node-postgres, and as verify-full would not be what it says.
+// An sslmode is also accepted.
 func (e env) sslMode(suffix, v string) (string, error) {
-	m, err := normSSLMode(v, suffix == envSSL)
+	if suffix == envSSL {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "true", "1", "yes", "on":
+			return "verify-full", nil
+		case "no-verify":
+			return "require", nil
+		case "false", "0", "no", "off":
+			return "", e.errorf(suffix, "is %q, which entraauth does not read as TLS off: node-postgres, for which Service Connector "+
+				"sets it, still verifies the server for that string; set it to true (verify-full) or no-verify (require), "+
+				"or set %s instead (disable only for a local server)", v, e.name(envSSLMode))
+		}
+	}
+	m, err := normSSLMode(v)
 	if err != nil {
+		if suffix == envSSL {
+			err = errors.New("want true (verify-full), no-verify (require), or an sslmode such as verify-full")
+		}
 		return "", e.errorf(suffix, "is %q; %v", v, err)
 	}
 	return m, nil
-}
-
-// normSSLMode returns the libpq sslmode for v, a mode in libpq's or
-// Npgsql's spelling or, when bools is set, a boolean (true: require).
-func normSSLMode(v string, bools bool) (string, error) {
-	l := strings.ToLower(strings.TrimSpace(v))
-	if bools {
-		switch l {
-		case "true", "1", "yes", "on":
-			return "require", nil
-		case "false", "0", "no", "off":
-			return "disable", nil
-		}
-	}
-	switch strings.ReplaceAll(l, "-", "") {
-	case "disable", "allow", "prefer", "require":
-		return l, nil
-	case "verifyca":
-		return "verify-ca", nil
-	case "verifyfull":
-		return "verify-full", nil
-	}
-	if bools {
-		return "", errors.New("want true or false, or an sslmode such as verify-full")
-	}
-	return "", errors.New("want disable, allow, prefer, require, verify-ca or verify-full")
-}
-
-// params are connection settings in order, with libpq's key names, and
-// where they came from.
-type params struct {
-	keys   []string
-	vals   map[string]string
-	from   map[string]string // key → variable, when not the source
-	source string            // the variable most keys came from
-}
-
-func (p *params) get(key string) string { return p.vals[key] }
-
-func (p *params) lookup(key string) (val, from string, ok bool) {
-	val, ok = p.vals[key]
-	from = p.from[key]
-	if from == "" {
-		from = p.source
-	}
-	return val, from, ok
-}
-
-// set adds or replaces a setting; a later setting of a key wins, as in pgx.
-func (p *params) set(key, val, from string) {
-	if p.vals == nil {
-		p.vals, p.from = map[string]string{}, map[string]string{}
-	}
-	if _, ok := p.vals[key]; !ok {
-		p.keys = append(p.keys, key)
-	}
-	p.vals[key] = val
-	if from != "" {
-		p.from[key] = from
-	}
-}
-
-// drop removes key if its value is val.
-func (p *params) drop(key, val string) {
-	if v, ok := p.vals[key]; !ok || v != val {
-		return
-	}
-	delete(p.vals, key)
-	for i, k := range p.keys {
-		if k == key {
-			p.keys = append(p.keys[:i], p.keys[i+1:]...)
-			break
-		}
-	}
-}
-
-// leadingKeys come first in a connection string, in this order.
-var leadingKeys = []string{"host", "port", "dbname", "user", "password", "sslmode"}
-
-// String returns the settings in key/value form, with secret values
-// replaced by [REDACTED] when redact is set.
-func (p *params) String(redact bool) string {
-	var b strings.Builder
-	write := func(k string) {
-		v, ok := p.vals[k]
-		if !ok {
-			return
-		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		if redact && secretKeys[k] {
-			v = "[REDACTED]"
-		}
-		b.WriteString(k)
-		b.WriteByte('=')
-		b.WriteString(quoteValue(v))
-	}
-	for _, k := range leadingKeys {
-		write(k)
-	}
-	for _, k := range p.keys {
-		if !contains(leadingKeys, k) {
-			write(k)
-		}
-	}
-	return b.String()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// quoteValue quotes a key/value connection string value when it needs it.
-func quoteValue(v string) string {
-	if v != "" && !strings.ContainsAny(v, " \t\n\r\v\f'\\") {
-		return v
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
-}
-
-// redactConnString returns a key/value connection string with secret
-// values replaced by [REDACTED], or a placeholder if it cannot be parsed.
-func redactConnString(s string) string {
-	if s == "" {
-		return ""
-	}
-	p, err := parseConnString(s)
-	if err != nil {
-		return "[unparsable connection string not shown]"
-	}
-	return p.String(true)
-}
-
-// parseConnString parses a connection string in URL, .NET or key/value
-// form. Its errors say where, never what: the string may hold a password.
-func parseConnString(s string) (*params, error) {
-	switch {
-	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
-		return parseURL(s)
-	case strings.HasPrefix(s, "jdbc:postgresql://"):
-		return parseURL(strings.TrimPrefix(s, "jdbc:"))
-	case isDotNetForm(s):
-		return parseDotNet(s)
-	}
-	return parseKeyValue(s)
-}
-
-const spaces = " \t\n\r\v\f"
-
-// parseKeyValue parses libpq's key/value form as pgx does.
-func parseKeyValue(s string) (*params, error) {
-	p := &params{}
-	orig := len(s)
-	s = strings.TrimLeft(s, spaces)
-	for len(s) > 0 {
-		at := orig - len(s)
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 {
-			return nil, fmt.Errorf("missing \"=\" after a keyword at byte %d", at)
-		}
-		key := strings.Trim(s[:eq], spaces)
-		if key == "" || strings.ContainsAny(key, spaces) {
-			return nil, fmt.Errorf("malformed keyword at byte %d", at)
-		}
-		s = strings.TrimLeft(s[eq+1:], spaces)
-		var val string
-		if len(s) > 0 && s[0] == '\'' {
-			end, ok := scanQuoted(s[1:])
-			if !ok {
-				return nil, fmt.Errorf("unterminated quoted value after byte %d", at)
-			}
-			val, s = unescape(s[1:1+end]), s[end+2:]
-		} else {
-			end := 0
-			for end < len(s) && !strings.ContainsRune(spaces, rune(s[end])) {
-				if s[end] == '\\' {
-					end++
-				}
-				end++
-			}
-			end = min(end, len(s))
-			val, s = unescape(s[:end]), s[end:]
-		}
-		s = strings.TrimLeft(s, spaces)
-		if key == "database" {
-			key = "dbname"
-		}
-		if key == "user" && val == "" {
-			continue // pgx ignores an empty user
-		}
-		p.set(key, val, "")
-	}
-	return p, nil
-}
-
-// scanQuoted returns the index of the closing quote of a single-quoted
-// value whose opening quote is gone, skipping backslash escapes.
-func scanQuoted(s string) (int, bool) {
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '\'':
-			return i, true
-		}
-	}
-	return 0, false
-}
-
-// unescape removes backslash escapes.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' {
-			i++
-			if i == len(s) {
-				break
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// parseURL parses postgres:// and postgresql:// URLs as libpq does: the
-// user information ends at the first "@", hosts are comma-separated, and
-// query parameters are settings.
-func parseURL(s string) (*params, error) {
-	p := &params{}
-	rest := s[strings.Index(s, "://")+3:]
-	decode := func(v, what string) (string, error) {
-		d, err := url.PathUnescape(v)
-		if err != nil {
-			return "", fmt.Errorf("bad percent-encoding in the %s", what)
-		}
-		return d, nil
-	}
-	if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
-		user, password, hasPassword := strings.Cut(rest[:i], ":")
-		rest = rest[i+1:]
-		if user != "" {
-			u, err := decode(user, "user name")
-			if err != nil {
-				return nil, err
-			}
-			p.set("user", u, "")
-		}
-		if hasPassword && password != "" {
-			pw, err := decode(password, "password")
-			if err != nil {
-				return nil, err
-			}
-			p.set("password", pw, "")
-		}
-	}
-	hostPart, query, _ := strings.Cut(rest, "?")
-	hostPart, db, hasDB := strings.Cut(hostPart, "/")
-	if hostPart != "" {
-		var hosts, ports []string
-		anyPort := false
-		for _, hp := range strings.Split(hostPart, ",") {
-			host, port := hp, ""
-			if strings.HasPrefix(hp, "[") {
-				end := strings.IndexByte(hp, ']')
-				if end < 0 {
-					return nil, errors.New(`missing "]" after an IPv6 address`)
-				}
-				host, port = hp[1:end], strings.TrimPrefix(hp[end+1:], ":")
-			} else if h, pt, ok := strings.Cut(hp, ":"); ok {
-				host, port = h, pt
-			}
-			h, err := decode(host, "host")
-			if err != nil {
-				return nil, err
-			}
-			hosts, ports = append(hosts, h), append(ports, port)
-			anyPort = anyPort || port != ""
-		}
-		p.set("host", strings.Join(hosts, ","), "")
-		if anyPort {
-			p.set("port", strings.Join(ports, ","), "")
-		}
-	}
-	if hasDB && db != "" {
-		d, err := decode(db, "database name")
-		if err != nil {
-			return nil, err
-		}
-		p.set("dbname", d, "")
-	}
-	jdbcSSL := ""
-	for _, kv := range strings.Split(query, "&") {
-		if kv == "" {
-			continue
-		}
-		k, v, _ := strings.Cut(kv, "=")
-		key, err := decode(k, "query")
-		if err != nil {
-			return nil, err
-		}
-		val, err := decode(v, "query")
-		if err != nil {
-			return nil, err
-		}
-		switch key {
-		case "ssl": // JDBC's ssl=true
-			jdbcSSL = val
-			continue
-		case "database":
-			key = "dbname"
-		}
-		p.set(key, val, "")
-	}
-	if _, ok := p.vals["sslmode"]; !ok && jdbcSSL != "" {
-		m, err := normSSLMode(jdbcSSL, true)
-		if err != nil {
-			return nil, errors.New("bad ssl parameter: want true or false")
-		}
-		p.set("sslmode", m, "")
-	}
-	return p, nil
-}
-
-// dotNetKeys maps the keywords of the .NET (Npgsql) form, lower-cased and
-// without spaces, to libpq's.
-var dotNetKeys = map[string]string{
-	"server": "host", "host": "host",
-	"port":     "port",
-	"database": "dbname", "db": "dbname",
-	"userid": "user", "username": "user", "user": "user", "uid": "user",
-	"password": "password", "pwd": "password", "psw": "password",
-	"sslmode":         "sslmode",
-	"applicationname": "application_name",
-	"timeout":         "connect_timeout",
-	"searchpath":      "search_path",
-}
-
-// isDotNetForm reports whether s is in the .NET form: its first keyword is
-// a known one that is not also libpq's (Server=…;, User Id=…;, Host=…;
-// but not host=…), and it has a semicolon.
-func isDotNetForm(s string) bool {
-	key, _, ok := strings.Cut(s, "=")
-	if !ok || !strings.Contains(s, ";") {
-		return false
-	}
-	key = strings.Trim(key, spaces)
-	_, known := dotNetKeys[normDotNetKey(key)]
-	return known && !contains(libpqKeys, key)
-}
-
-// libpqKeys are the .NET form's keywords that are also libpq's, as written.
-var libpqKeys = []string{"host", "port", "user", "password"}
-
-func normDotNetKey(k string) string {
-	return strings.ToLower(strings.Join(strings.Fields(k), ""))
-}
-
-// parseDotNet parses the .NET form: "Key=Value;" pairs, keys in any case
-// and spacing, values optionally in double or single quotes (a doubled
-// quote inside stands for one).
-func parseDotNet(s string) (*params, error) {
-	p := &params{}
-	orig := len(s)
-	for {
-		s = strings.TrimLeft(s, spaces+";")
-		if s == "" {
-			break
-		}
-		at := orig - len(s)
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 {
-			return nil, fmt.Errorf("missing \"=\" after a keyword at byte %d", at)
-		}
-		key := normDotNetKey(s[:eq])
-		lib, ok := dotNetKeys[key]
-		if !ok {
-			return nil, fmt.Errorf("unsupported keyword at byte %d (supported: Server or Host, Port, Database, User Id or Username, Password, Ssl Mode, Application Name, Timeout, Search Path)", at)
-		}
-		s = strings.TrimLeft(s[eq+1:], spaces)
-		var val string
-		if len(s) > 0 && (s[0] == '"' || s[0] == '\'') {
-			q := s[0]
-			var b strings.Builder
-			i := 1
-			for ; i < len(s); i++ {
-				if s[i] == q {
-					if i+1 < len(s) && s[i+1] == q {
-						b.WriteByte(q)
-						i++
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[i])
-			}
-			if i >= len(s) {
-				return nil, fmt.Errorf("unterminated quoted value after byte %d", at)
-			}
-			val, s = b.String(), strings.TrimLeft(s[i+1:], spaces)
-			if s != "" && s[0] != ';' {
-				return nil, fmt.Errorf("text after a quoted value after byte %d", at)
-			}
-		} else {
-			end := strings.IndexByte(s, ';')
-			if end < 0 {
-				end = len(s)
-			}
-			val, s = strings.TrimRight(s[:end], spaces), s[end:]
-		}
-		if lib == "sslmode" {
-			m, err := normSSLMode(val, false)
-			if err != nil {
-				return nil, fmt.Errorf("unknown Ssl Mode at byte %d: %v", at, err)
-			}
-			val = m
-		}
-		p.set(lib, val, "")
-	}
-	return p, nil
 }

@@ -3,9 +3,17 @@ package entraauth
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding"
+	"encoding/gob"
+	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
@@ -49,6 +57,7 @@ func TestLoadEnv(t *testing.T) {
 	t.Parallel()
 	azKV := "host=" + azHost + " port=5432 dbname=app sslmode=require user=aad_app"
 	wantAz := "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=require"
+	wantAzVerified := "host=" + azHost + " port=5432 dbname=app user=aad_app sslmode=verify-full"
 	tests := []struct {
 		name       string
 		prefix     string
@@ -120,11 +129,11 @@ func TestLoadEnv(t *testing.T) {
 			wantPW:     "p@ss w0rd;x",
 			wantFields: [4]string{neonHost, "", "neondb", "neondb_owner"},
 		},
-		// Java client type.
+		// Java client type. pgjdbc's ssl=true verifies the server.
 		{
 			name:       "JDBC URL with ssl=true",
 			env:        map[string]string{"AZURE_POSTGRESQL_CONNECTIONSTRING": "jdbc:postgresql://" + azHost + ":5432/app?ssl=true&user=aad_app"},
-			wantConn:   wantAz,
+			wantConn:   wantAzVerified,
 			wantCred:   typeDefault,
 			wantKind:   "default",
 			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
@@ -142,7 +151,7 @@ func TestLoadEnv(t *testing.T) {
 			name:       ".NET form with a quoted password: password mode",
 			prefix:     "NEON_POSTGRESQL",
 			env:        map[string]string{"NEON_POSTGRESQL_CONNECTIONSTRING": `Host=` + neonHost + `; Database=neondb; Port=5432; SSL Mode=VerifyFull; Username=neondb_owner; Password="a;b""c"`},
-			wantConn:   "host=" + neonHost + ` port=5432 dbname=neondb user=neondb_owner password=a;b"c sslmode=verify-full`,
+			wantConn:   "host=" + neonHost + ` port=5432 dbname=neondb user=neondb_owner password='a;b"c' sslmode=verify-full`,
 			wantKind:   "password",
 			wantPW:     `a;b"c`,
 			wantFields: [4]string{neonHost, "5432", "neondb", "neondb_owner"},
@@ -161,7 +170,7 @@ func TestLoadEnv(t *testing.T) {
 			name: "Node.js parts with a password",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
 				"AZURE_POSTGRESQL_USER": "app_user", "AZURE_POSTGRESQL_PASSWORD": envTestPassword, "AZURE_POSTGRESQL_SSL": "true"},
-			wantConn:   "host=" + azHost + ` port=5432 dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=require`,
+			wantConn:   "host=" + azHost + ` port=5432 dbname=app user=app_user password='S3cr3t pa55\'w\\rd' sslmode=verify-full`,
 			wantKind:   "password",
 			wantPW:     envTestPassword,
 			wantFields: [4]string{azHost, "5432", "app", "app_user"},
@@ -170,15 +179,15 @@ func TestLoadEnv(t *testing.T) {
 			name: "Node.js parts with a managed identity",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_PORT": "5432", "AZURE_POSTGRESQL_DATABASE": "app",
 				"AZURE_POSTGRESQL_USER": "aad_app", "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_CLIENTID": miID},
-			wantConn:   wantAz,
+			wantConn:   wantAzVerified,
 			wantCred:   typeMI,
 			wantKind:   "managed-identity (client id " + miID + ")",
 			wantFields: [4]string{azHost, "5432", "app", "aad_app"},
 		},
 		{
-			name: "Django parts (NAME), SSL false",
+			name: "Django parts (NAME), SSLMODE disable",
 			env: map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_NAME": "app", "AZURE_POSTGRESQL_USER": "app_user",
-				"AZURE_POSTGRESQL_PASSWORD": "dj4ng0-Pa55", "AZURE_POSTGRESQL_SSL": "false"},
+				"AZURE_POSTGRESQL_PASSWORD": "dj4ng0-Pa55", "AZURE_POSTGRESQL_SSLMODE": "disable"},
 			wantConn:   "host=" + azHost + " dbname=app user=app_user password=dj4ng0-Pa55 sslmode=disable",
 			wantKind:   "password",
 			wantPW:     "dj4ng0-Pa55",
@@ -274,7 +283,7 @@ func TestLoadEnv(t *testing.T) {
 		},
 		{
 			name:       "SSLMODE disagrees with SSL",
-			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_SSLMODE": "verify-full"},
+			env:        map[string]string{"AZURE_POSTGRESQL_HOST": azHost, "AZURE_POSTGRESQL_SSL": "true", "AZURE_POSTGRESQL_SSLMODE": "require"},
 			wantErrVar: "AZURE_POSTGRESQL_SSLMODE",
 		},
 		{
@@ -331,7 +340,7 @@ func TestLoadEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ec, err := loadEnv(tt.prefix, lookupIn(tt.env))
+			ec, err := loadEnv(tt.prefix, lookupIn(tt.env), slog.New(slog.DiscardHandler))
 			if tt.wantErrVar != "" {
 				checkEnvError(t, err, tt.wantErrVar, tt.wantErrHas)
 				if ec != nil {
@@ -435,8 +444,23 @@ func checkNoSecrets(t *testing.T, s string) {
 func TestEnvConfigPrintsNoPassword(t *testing.T) {
 	t.Parallel()
 	ec := &EnvConfig{Prefix: "P", ConnString: "host=h password=" + quoteValue(envTestPassword) + " sslpassword=" + envTestSecret, CredentialKind: "password", PasswordAuth: true}
-	out := printed(ec) + printed(*ec)
+	out := printed(ec) + printed(*ec) + everyEncoding(t, ec) + everyEncoding(t, *ec)
 	checkNoSecrets(t, out)
+	// JSON (json.Marshal, and slog's JSON handler for a nested value) and
+	// text show the redacted configuration.
+	j, err := json.Marshal(struct{ C EnvConfig }{*ec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"C":{"prefix":"P","conn_string":"host=h password=[REDACTED] sslpassword=[REDACTED]","credential":"password","password_auth":true}}`; string(j) != want {
+		t.Errorf("json.Marshal:\n got %s\nwant %s", j, want)
+	}
+	if text, err := ec.MarshalText(); err != nil || string(text) != ec.String() {
+		t.Errorf("MarshalText: %q, %v; want String()", text, err)
+	}
+	if err := gob.NewEncoder(io.Discard).Encode(ec); err == nil {
+		t.Error("gob encoded an EnvConfig")
+	}
 	for _, want := range []string{"password=[REDACTED]", "sslpassword=[REDACTED]", "host=h"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("printed config lacks %q: %s", want, out)
@@ -614,7 +638,8 @@ func TestEnvDefaultCredentialEndToEnd(t *testing.T) {
 	t.Setenv("AZURE_POSTGRESQL_HOST", srv.Host())
 	t.Setenv("AZURE_POSTGRESQL_PORT", strconv.Itoa(int(srv.Port())))
 	t.Setenv("AZURE_POSTGRESQL_DATABASE", "postgres")
-	t.Setenv("AZURE_POSTGRESQL_SSL", "true")
+	t.Setenv("AZURE_POSTGRESQL_SSL", "true") // verify-full, as in node-postgres
+	t.Setenv("PGSSLROOTCERT", srv.CAFile())
 	checkEnvPoolAndDB(t, "", alice.UPN)
 	// One token for the pool's connection and one for the database
 	// handle's: each has its own credential and token source.
@@ -636,7 +661,8 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", pg.ConnString(role, password))
 	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())
 
-	// The parts, as for Node.js, with SSL=true: TLS without verification.
+	// The parts, as for Node.js, with SSL=true: verified TLS, as
+	// node-postgres does. Without the test CA the server is refused.
 	t.Setenv("NEON_POSTGRESQL_CONNECTIONSTRING", "")
 	t.Setenv("NEON_POSTGRESQL_HOST", pg.Host)
 	t.Setenv("NEON_POSTGRESQL_PORT", strconv.Itoa(int(pg.Port)))
@@ -644,6 +670,13 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 	t.Setenv("NEON_POSTGRESQL_USER", role)
 	t.Setenv("NEON_POSTGRESQL_PASSWORD", password)
 	t.Setenv("NEON_POSTGRESQL_SSL", "true")
+	checkEnvRefusesUnverifiedServer(t, "NEON_POSTGRESQL")
+	t.Setenv("PGSSLROOTCERT", pg.CAFile)
+	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role, WithRequireVerifiedTLS())
+
+	// SSL=no-verify (node-postgres's spelling): TLS without verification.
+	t.Setenv("PGSSLROOTCERT", "")
+	t.Setenv("NEON_POSTGRESQL_SSL", "no-verify")
 	checkEnvPoolAndDB(t, "NEON_POSTGRESQL", role)
 
 	// WithRequireVerifiedTLS refuses it, before connecting.
@@ -659,4 +692,272 @@ func TestEnvPasswordModeEndToEnd(t *testing.T) {
 		}
 		t.Errorf("OpenDBFromEnv with sslmode=require and WithRequireVerifiedTLS: %v, want ErrInsecureTransport", err)
 	}
+}
+
+// checkEnvRefusesUnverifiedServer checks that a pool and a database handle
+// from the environment refuse the server's certificate.
+func checkEnvRefusesUnverifiedServer(t *testing.T, prefix string, opts ...Option) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool, err := NewPoolFromEnv(ctx, prefix, opts...)
+	if err != nil {
+		t.Fatalf("NewPoolFromEnv: %v", err)
+	}
+	defer pool.Close()
+	var verr *tls.CertificateVerificationError
+	if err := pool.Ping(ctx); !errors.As(err, &verr) {
+		t.Errorf("pool: ping %v; want a certificate verification error", err)
+	}
+	db, err := OpenDBFromEnv(prefix, opts...)
+	if err != nil {
+		t.Fatalf("OpenDBFromEnv: %v", err)
+	}
+	defer db.Close()
+	if err := db.PingContext(ctx); !errors.As(err, &verr) {
+		t.Errorf("database/sql: ping %v; want a certificate verification error", err)
+	}
+}
+
+// TestEnvJDBCEndToEnd logs in with a JDBC URL as Service Connector writes
+// it for Java, with pgjdbc-only properties: they are dropped (PostgreSQL
+// refused them as settings, FATAL 42704) and logged by name, and ssl=true
+// verifies the server, as pgjdbc does.
+func TestEnvJDBCEndToEnd(t *testing.T) {
+	clearPGEnv(t)
+	pg := testServer(t)
+	const role, password = "env_jdbc_user", "jdbc Pa55+w'rd"
+	if err := pg.CreateRole(context.Background(), role, password); err != nil {
+		if err := pg.SetPassword(context.Background(), role, password); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jdbc := fmt.Sprintf("jdbc:postgresql://%s:%d/postgres?ssl=true&user=%s&password=%s"+
+		"&authenticationPluginClassName=com.azure.identity.extensions.jdbc.postgresql.AzurePostgresqlAuthenticationPlugin"+
+		"&sslfactory=org.postgresql.ssl.NonValidatingFactory&loginTimeout=5&ApplicationName=env-jdbc-test",
+		pg.Host, pg.Port, role, url.QueryEscape(password))
+	t.Setenv("JAVA_POSTGRESQL_CONNECTIONSTRING", jdbc)
+	checkEnvRefusesUnverifiedServer(t, "JAVA_POSTGRESQL")
+
+	t.Setenv("JAVA_POSTGRESQL_CONNECTIONSTRING", jdbc+"&sslrootcert="+url.QueryEscape(pg.CAFile))
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	checkEnvPoolAndDB(t, "JAVA_POSTGRESQL", role, WithRequireVerifiedTLS(), WithLogger(logger))
+	for _, name := range []string{"authenticationPluginClassName", "sslfactory", "loginTimeout"} {
+		if !strings.Contains(logs.String(), name) {
+			t.Errorf("the log does not name the dropped property %s:\n%s", name, logs.String())
+		}
+	}
+	pool, err := NewPoolFromEnv(context.Background(), "JAVA_POSTGRESQL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var app string
+	if err := pool.QueryRow(context.Background(), "select current_setting('application_name')").Scan(&app); err != nil || app != "env-jdbc-test" {
+		t.Errorf("application_name %q, %v; want ApplicationName's env-jdbc-test", app, err)
+	}
+	if strings.Contains(logs.String(), "ApplicationName") {
+		t.Errorf("the log names ApplicationName, which is kept as application_name:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "Pa55") {
+		t.Errorf("the log shows the password:\n%s", logs.String())
+	}
+}
+
+// everyEncoding returns all that fmt, slog, JSON, XML, text and gob show
+// of v, on its own and nested in a struct, a pointer, a slice and a map.
+func everyEncoding(t *testing.T, v any) string {
+	t.Helper()
+	var b bytes.Buffer
+	type wrapper struct {
+		Config any
+	}
+	for _, w := range []any{v, &v, wrapper{v}, &wrapper{v}, []any{v}, map[string]any{"config": v}} {
+		fmt.Fprintf(&b, "%v %+v %#v %s %q\n", w, w, w, w, w)
+		slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "cfg", w)
+		slog.New(slog.NewTextHandler(&b, nil)).Info("config", "cfg", w)
+		if j, err := json.Marshal(w); err == nil {
+			b.Write(j)
+		}
+		if x, err := xml.Marshal(w); err == nil {
+			b.Write(x)
+		}
+	}
+	if tm, ok := v.(encoding.TextMarshaler); ok {
+		text, err := tm.MarshalText()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(text)
+	}
+	_ = gob.NewEncoder(&b).Encode(v) // gob may refuse a type; what it writes is searched
+	return b.String()
+}
+
+// TestEnvNeverPrintsAPassword loads a password-mode environment in every
+// shape (each connection-string form, escaped and not, and the parts) with
+// passwords holding the characters that split them, connects (to a closed
+// port), and searches everything printed, encoded, logged or returned as an
+// error for the password or any part of it.
+func TestEnvNeverPrintsAPassword(t *testing.T) {
+	clearPGEnv(t)
+	const prefix = "LEAK_POSTGRESQL"
+	passwords := []string{"pwAq1/pwBq2@pwCq3", "pwAq1@pwBq2", "pwAq1?pwBq2=pwCq3", "pwAq1;pwBq2=pwCq3",
+		`pwAq1 pwBq2'pwCq3\`, "pwAq1#pwBq2:pwCq3", "pwAq1&pwBq2+pwCq3", "pwAq1%pwBq2", "pwAq1"}
+	type shape struct {
+		name  string
+		skip  string
+		write func(pw string) string
+	}
+	var shapes []shape
+	for _, s := range connStringShapes {
+		shapes = append(shapes, shape{s.name, s.skip, s.write})
+	}
+	shapes = append(shapes, shape{name: "parts"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	checked := 0
+	for _, s := range shapes {
+		for _, pw := range passwords {
+			if strings.ContainsAny(pw, s.skip) {
+				continue
+			}
+			for _, k := range []string{"CONNECTIONSTRING", "HOST", "PORT", "DATABASE", "USER", "PASSWORD", "SSLMODE"} {
+				t.Setenv(prefix+"_"+k, "")
+			}
+			if s.write == nil {
+				t.Setenv(prefix+"_HOST", "127.0.0.1")
+				t.Setenv(prefix+"_PORT", "1")
+				t.Setenv(prefix+"_DATABASE", "db")
+				t.Setenv(prefix+"_USER", "user")
+				t.Setenv(prefix+"_PASSWORD", pw)
+				t.Setenv(prefix+"_SSLMODE", "require")
+			} else {
+				cs := strings.ReplaceAll(strings.ReplaceAll(s.write(pw), "host.example", "127.0.0.1"), "5432", "1")
+				t.Setenv(prefix+"_CONNECTIONSTRING", cs)
+			}
+			var out, logs bytes.Buffer
+			logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			showErr := func(err error) {
+				if err != nil {
+					fmt.Fprintf(&out, "%s %v %+v %#v\n", err.Error(), err, err, err)
+					out.WriteString(everyEncoding(t, err))
+				}
+			}
+			ec, err := LoadEnv(prefix)
+			showErr(err)
+			if ec != nil {
+				out.WriteString(everyEncoding(t, ec))
+				out.WriteString(everyEncoding(t, *ec))
+				out.WriteString(ec.String() + ec.Host + ec.Port + ec.Database + ec.User)
+			}
+			if pool, err := NewPoolFromEnv(ctx, prefix, WithLogger(logger)); err != nil {
+				showErr(err)
+			} else {
+				showErr(pool.Ping(ctx))
+				pool.Close()
+			}
+			if db, err := OpenDBFromEnv(prefix, WithLogger(logger)); err != nil {
+				showErr(err)
+			} else {
+				showErr(db.PingContext(ctx))
+				_ = db.Close()
+			}
+			all := out.String() + logs.String()
+			if loc := passwordChunk.FindStringIndex(all); loc != nil || strings.Contains(all, pw) {
+				if loc == nil {
+					loc = []int{strings.Index(all, pw), strings.Index(all, pw) + len(pw)}
+				}
+				t.Errorf("%s, password %q: the output shows it or a part of it: …%s…", s.name, pw,
+					all[max(0, loc[0]-300):min(len(all), loc[1]+100)])
+			}
+			if ec != nil && !strings.Contains(all, "[REDACTED]") {
+				t.Errorf("%s, password %q: no redacted password in the output:\n%s", s.name, pw, all)
+			}
+			checked++
+		}
+	}
+	t.Logf("%d environments checked", checked)
+}
+
+// TestEnvErrorsHoldNoPgxParseError checks that no error from the env
+// functions lets errors.As reach pgx's *pgconn.ParseConfigError, whose
+// ConnString field holds the connection string as given, password and all
+// (issue 15, item 7), while errors.Is still finds ErrEnv and the message
+// still says what pgx objected to.
+func TestEnvErrorsHoldNoPgxParseError(t *testing.T) {
+	clearPGEnv(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, connString, wantHas string
+		open                      func() error
+	}{
+		{"LoadEnv, a bad port", "host=" + azHost + " port=notaport password=" + envTestSecret, "port",
+			func() error { _, err := LoadEnv(""); return err }},
+		{"NewPoolFromEnv, a bad pool setting", "host=" + azHost + " pool_max_conns=lots password=" + envTestSecret, "pool_max_conns",
+			func() error {
+				pool, err := NewPoolFromEnv(ctx, "")
+				if err == nil {
+					pool.Close()
+				}
+				return err
+			}},
+		{"OpenDBFromEnv, a bad pgx setting, password mode", "host=" + azHost + " statement_cache_capacity=lots password=" + envTestSecret, "statement_cache_capacity",
+			func() error {
+				db, err := OpenDBFromEnv("")
+				if err == nil {
+					_ = db.Close()
+				}
+				return err
+			}},
+		{"OpenDBFromEnv, a bad pgx setting, token mode", "host=" + azHost + " statement_cache_capacity=lots", "statement_cache_capacity",
+			func() error {
+				db, err := OpenDBFromEnv("")
+				if err == nil {
+					err = db.PingContext(ctx)
+					_ = db.Close()
+				}
+				return err
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", tc.connString)
+			err := tc.open()
+			checkEnvError(t, err, "AZURE_POSTGRESQL_CONNECTIONSTRING", tc.wantHas)
+			var pce *pgconn.ParseConfigError
+			if errors.As(err, &pce) {
+				t.Errorf("errors.As reaches a *pgconn.ParseConfigError holding %d bytes of connection string", len(pce.ConnString))
+			}
+		})
+	}
+}
+
+// TestLoadEnvLogsDroppedJDBCProperties checks that LoadEnv, which takes no
+// options, names the JDBC properties it drops at Debug to slog.Default.
+func TestLoadEnvLogsDroppedJDBCProperties(t *testing.T) {
+	var logs bytes.Buffer
+	old, oldOut, oldFlags := slog.Default(), log.Writer(), log.Flags()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer func() {
+		// Setting slog's default back does not give the log package its
+		// writer back.
+		slog.SetDefault(old)
+		log.SetOutput(oldOut)
+		log.SetFlags(oldFlags)
+	}()
+	t.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING", "jdbc:postgresql://"+azHost+"/app?user=u&password="+envTestSecret+
+		"&sslmode=verify-full&loginTimeout=5&sslfactory=org.postgresql.ssl.DefaultJavaSSLFactory")
+	ec, err := LoadEnv("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "host=" + azHost + " dbname=app user=u password=" + envTestSecret + " sslmode=verify-full"; ec.ConnString != want {
+		t.Errorf("ConnString %q; want %q", ec.ConnString, want)
+	}
+	if !strings.Contains(logs.String(), "level=DEBUG") || !strings.Contains(logs.String(), "properties=\"[loginTimeout sslfactory]\"") ||
+		!strings.Contains(logs.String(), "variable=AZURE_POSTGRESQL_CONNECTIONSTRING") {
+		t.Errorf("log:\n%s", logs.String())
+	}
+	checkNoSecrets(t, logs.String())
 }

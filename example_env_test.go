@@ -99,6 +99,26 @@ func ExampleLoadEnv_managedIdentity() {
 	// managed-identity (client id 11111111-2222-3333-4444-555555555555)
 }
 
+// A JDBC URL, as Service Connector writes it for Java, works too. pgjdbc's
+// ssl=true verifies the server, so it means sslmode=verify-full here; the
+// properties only pgjdbc knows (here the Azure authentication plugin) are
+// dropped, and logged at Debug, rather than sent to the server as settings
+// it would refuse.
+func ExampleLoadEnv_jdbc() {
+	os.Setenv("AZURE_POSTGRESQL_CONNECTIONSTRING",
+		"jdbc:postgresql://mysrv.postgres.database.azure.com:5432/app?ssl=true&user=orders-api"+
+			"&authenticationPluginClassName=com.azure.identity.extensions.jdbc.postgresql.AzurePostgresqlAuthenticationPlugin")
+	defer os.Unsetenv("AZURE_POSTGRESQL_CONNECTIONSTRING")
+
+	ec, err := entraauth.LoadEnv("")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ec.ConnString)
+	// Output:
+	// host=mysrv.postgres.database.azure.com port=5432 dbname=app user=orders-api sslmode=verify-full
+}
+
 // A missing or contradictory variable is an *EnvError naming it, from
 // LoadEnv, NewPoolFromEnv and OpenDBFromEnv alike.
 func ExampleOpenDBFromEnv_missing() {
