@@ -27,6 +27,11 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	// PGENTRA_TEST_BINARY runs the end-to-end tests against another build,
+	// such as one of an earlier commit, to see a regression test fail.
+	if pgentraBin = os.Getenv("PGENTRA_TEST_BINARY"); pgentraBin != "" {
+		return pgtest.RunTests(m, &sharedPG)
+	}
 	dir, err := os.MkdirTemp("", "pgentra-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -94,6 +99,17 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// issuerOnly is a fixture with an Entra emulator and no server, for
+// credentials alone.
+func issuerOnly(t *testing.T) *fixture {
+	t.Helper()
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{iss: iss}
 }
 
 // az returns a fake az for p; its directory goes first on PATH with
