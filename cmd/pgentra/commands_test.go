@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -143,5 +145,19 @@ func TestIndent(t *testing.T) {
 	want := "DefaultAzureCredential: failed.\n  Attempted credentials:\n  \tEnvironmentCredential: missing\n  To troubleshoot, visit x"
 	if got != want {
 		t.Errorf("indent = %q, want %q", got, want)
+	}
+}
+
+func TestCLIMessage(t *testing.T) {
+	t.Parallel()
+	err := fmt.Errorf("%w (the database token names no user, so entraauth asked for a Resource Manager token to find a managed identity's name; name the user with WithUser to skip this)",
+		errors.New("ManagedIdentityCredential: boom"))
+	for cmd, want := range map[string]string{"token": "name the user with --user to skip this", "psql": "name the user with -U (or PGUSER) to skip this"} {
+		if got := cliMessage(cmd, err); !strings.Contains(got, want) || strings.Contains(got, "With") {
+			t.Errorf("cliMessage(%s) = %q; want %q in it", cmd, got, want)
+		}
+	}
+	if got := cliMessage("token", fmt.Errorf("%w: --timeout must be positive", errUsage)); got != "--timeout must be positive" {
+		t.Errorf("a usage error: %q", got)
 	}
 }

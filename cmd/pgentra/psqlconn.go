@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -128,10 +127,6 @@ var sysconfServiceFiles = []string{
 
 // sslModes are libpq's sslmode values, weakest first.
 var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
-
-// errPlaintext is a connection that would send the token (or password)
-// without TLS.
-var errPlaintext = errors.New("plaintext")
 
 // secureSSLMode applies the rule that keeps the token off the network in
 // the clear to psql's connection: sslmode=disable to a TCP host is
