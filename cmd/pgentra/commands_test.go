@@ -13,7 +13,7 @@ import (
 // TestUnknownCommandSuggests: a mistyped command gets a "did you mean".
 func TestUnknownCommandSuggests(t *testing.T) {
 	for cmd, want := range map[string]string{"tokn": `did you mean "token"?`, "prxy": `did you mean "proxy"?`, "sql": `did you mean "psql"?`,
-		"users": `did you mean "user"?`, "Version": `did you mean "version"?`, "frobnicate": ""} {
+		"users": `did you mean "user"?`, "Version": `did you mean "version"?`, "hlep": `did you mean "help"?`, "frobnicate": ""} {
 		r := pgentra(t, childEnv(), cmd)
 		if r.code != 2 || r.stdout != "" || !strings.HasPrefix(r.stderr, "pgentra: unknown command") {
 			t.Errorf("pgentra %s: %+v; want exit status 2 and a message on stderr", cmd, r)

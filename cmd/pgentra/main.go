@@ -29,8 +29,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -83,8 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // "; did you mean \"token\"?", or returns "" when none is close.
 func didYouMean(cmd string) string {
 	best, bestDist := "", 3 // farther than two edits is no typo
-	for name := range commands {
-		if d := editDistance(strings.ToLower(cmd), name); d < bestDist || d == bestDist && name < best {
+	for _, name := range append(slices.Sorted(maps.Keys(commands)), "help") {
+		if d := editDistance(strings.ToLower(cmd), name); d < bestDist {
 			best, bestDist = name, d
 		}
 	}

@@ -89,7 +89,9 @@ func (w *wiretap) accept() {
 		w.wg.Add(2)
 		go func() {
 			defer w.wg.Done()
-			_, _ = io.Copy(io.MultiWriter(server, w), client)
+			// Recorded before the server has it, so before any answer
+			// the client waits for.
+			_, _ = io.Copy(io.MultiWriter(w, server), client)
 			server.Close()
 		}()
 		go func() {

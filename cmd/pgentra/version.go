@@ -12,6 +12,10 @@ import (
 // runVersion prints pgentra's version: "pgentra version" and
 // "pgentra --version".
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, "Usage: pgentra version (or pgentra --version)\n\nPrints pgentra's module version, the VCS revision it was built from, and the Go version.\n")
+		return exitOK
+	}
 	if len(args) > 0 {
 		fmt.Fprintf(stderr, "pgentra version: unexpected argument %q\n", args[0])
 		return exitUsage
