@@ -23,10 +23,12 @@ token maps to. psql's exit status is pgentra's.
 The token never travels without TLS, however the sslmode is given (a
 connection string or URL argument, a service, PGSSLMODE): sslmode=disable
 is refused, allow and prefer are raised to require, and no sslmode at all
-means verify-full. For verify-ca and verify-full, when neither sslrootcert
-nor PGSSLROOTCERT is set and ~/.postgresql/root.crt does not exist,
-PGSSLROOTCERT is set to the system's CA bundle, which holds the roots
-Azure's server certificates chain to.
+means verify-full. PGSSLMODE, which psql's \connect with a connection
+string of its own reads, is left no weaker than require either. For
+verify-ca and verify-full, when neither sslrootcert nor PGSSLROOTCERT is
+set and ~/.postgresql/root.crt does not exist, PGSSLROOTCERT is set to the
+system's CA bundle, which holds the roots Azure's server certificates
+chain to.
 
 --host sets PGHOST. With Service Connector variables, their host, port,
 database and user fill in the PG… variables that are unset. psql's -V,

@@ -102,13 +102,11 @@ func (w *wiretap) accept() {
 	}
 }
 
-// TestPsqlNeverSendsTokenInCleartext runs pgentra psql against a real
-// PostgreSQL that refuses TLS, with every way of asking psql for
-// plaintext, and checks that no token crossed the wire: pgentra refuses
-// sslmode=disable, and psql, told to require TLS, gives up before it
-// sends a password.
-func TestPsqlNeverSendsTokenInCleartext(t *testing.T) {
-	needPsql(t)
+// plaintextServer starts a real PostgreSQL that refuses TLS (ssl = off;
+// password authentication over plaintext TCP) and returns a wiretap in
+// front of it.
+func plaintextServer(t *testing.T) *wiretap {
+	t.Helper()
 	pg := pgtest.StartForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -120,7 +118,17 @@ func TestPsqlNeverSendsTokenInCleartext(t *testing.T) {
 	if err := pg.SetHBA(ctx, pgtest.DefaultHBA()...); err != nil {
 		t.Fatal(err)
 	}
-	tap := newWiretap(t, fmt.Sprintf("%s:%d", pg.Host, pg.Port))
+	return newWiretap(t, fmt.Sprintf("%s:%d", pg.Host, pg.Port))
+}
+
+// TestPsqlNeverSendsTokenInCleartext runs pgentra psql against a real
+// PostgreSQL that refuses TLS, with every way of asking psql for
+// plaintext, and checks that no token crossed the wire: pgentra refuses
+// sslmode=disable, and psql, told to require TLS, gives up before it
+// sends a password.
+func TestPsqlNeverSendsTokenInCleartext(t *testing.T) {
+	needPsql(t)
+	tap := plaintextServer(t)
 	az := issuerOnly(t).az(t, alice)
 	addr := fmt.Sprintf("host=127.0.0.1 port=%d dbname=postgres", tap.port())
 	url := fmt.Sprintf("postgresql://127.0.0.1:%d/postgres", tap.port())
@@ -203,5 +211,26 @@ func TestPsqlRaisedSSLModeConnects(t *testing.T) {
 		append([]string{"psql", "--credential", "cli"}, psqlQuery...)...)
 	if r.code != 0 || r.stdout != alice.UPN+"\n" || !strings.Contains(r.stderr, `sslmode=allow (from service "azure" in `) {
 		t.Errorf("with a service: %+v", r)
+	}
+}
+
+// TestPsqlLaterConnectionsKeepTLS: psql's \connect with a connection
+// string of its own takes PGSSLMODE, which pgentra leaves no weaker than
+// require either, even when the first connection's connection string
+// overrides it.
+func TestPsqlLaterConnectionsKeepTLS(t *testing.T) {
+	needPsql(t)
+	tap := plaintextServer(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	env := childEnv(pathWith(az.Dir()), "PGSSLMODE=prefer", "PGUSER="+alice.UPN, "PGSSLROOTCERT="+f.srv.CAFile(), "PGCONNECT_TIMEOUT=10")
+	first := f.srv.ConnString("sslmode=verify-full")
+	later := fmt.Sprintf(`\c "host=127.0.0.1 port=%d dbname=postgres"`, tap.port())
+	r := pgentra(t, env, "psql", "--credential", "cli", "-X", first, "-c", "select 1", "-c", later)
+	if bytes.Contains(tap.recorded(), []byte("eyJ")) {
+		t.Fatalf("\\connect sent the token in plaintext (%+v)", r)
+	}
+	if !strings.Contains(r.stderr, "server does not support SSL, but SSL was required") {
+		t.Errorf("%+v; want psql's \\connect to require TLS", r)
 	}
 }

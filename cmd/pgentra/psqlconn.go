@@ -162,13 +162,22 @@ func (pc *psqlConn) secureSSLMode(set map[string]string) (notice string, err err
 	// service's: with a service, the mode goes there in any case, so a
 	// service file pgentra could not read cannot weaken it.
 	explicit := from == "psql's connection string argument"
-	switch {
-	case explicit || pc.service != "":
-		if want != mode || !explicit {
-			pc.setConnString("sslmode", want)
+	if !explicit && pc.service == "" {
+		if want != mode {
+			set["PGSSLMODE"] = want
 		}
-	case want != mode:
-		set["PGSSLMODE"] = want
+		return notice, nil
+	}
+	if want != mode || !explicit {
+		pc.setConnString("sslmode", want)
+	}
+	// psql's later connections (\connect with a connection string of its
+	// own) take PGSSLMODE: it holds no weak mode either.
+	switch pc.getenv("PGSSLMODE") {
+	case "":
+		set["PGSSLMODE"] = "verify-full"
+	case "disable", "allow", "prefer":
+		set["PGSSLMODE"] = "require"
 	}
 	return notice, nil
 }

@@ -25,7 +25,7 @@ func TestSecureSSLMode(t *testing.T) {
 		args     []string
 		env      map[string]string
 		wantArgs []string // psql's arguments after; nil: unchanged
-		wantEnv  string   // PGSSLMODE set for psql, "" for none
+		wantEnv  string   // PGSSLMODE set for psql (for the first connection, or for later ones), "" for none
 		refused  bool
 		notice   bool
 	}{
@@ -40,30 +40,30 @@ func TestSecureSSLMode(t *testing.T) {
 		{name: "key/value disable", args: []string{"host=srv sslmode=disable"}, refused: true},
 		{name: "key/value disable, hostaddr", args: []string{"host=/tmp hostaddr=127.0.0.1 sslmode=disable"}, refused: true},
 		{name: "key/value disable, a TCP host among sockets", args: []string{"host=/tmp,srv sslmode=disable"}, refused: true},
-		{name: "key/value disable over a unix socket", args: []string{"host=/var/run/postgresql sslmode=disable"}},
+		{name: "key/value disable over a unix socket", args: []string{"host=/var/run/postgresql sslmode=disable"}, wantEnv: "verify-full"},
 		{name: "disable over the default unix socket", env: map[string]string{"PGSSLMODE": "disable"}},
 		{name: "key/value prefer", args: []string{"-X", "host=srv sslmode=prefer", "bob"},
-			wantArgs: []string{"-X", "host='srv' sslmode='require'", "bob"}, notice: true},
-		{name: "key/value over PGSSLMODE", args: []string{"host=srv sslmode=verify-full"}, env: map[string]string{"PGSSLMODE": "disable"}},
+			wantArgs: []string{"-X", "host='srv' sslmode='require'", "bob"}, wantEnv: "verify-full", notice: true},
+		{name: "key/value over PGSSLMODE", args: []string{"host=srv sslmode=verify-full"}, env: map[string]string{"PGSSLMODE": "disable"}, wantEnv: "require"},
 		{name: "key/value, quoted sslmode is data", args: []string{"host=srv application_name='x sslmode=verify-full'"}, wantEnv: "verify-full"},
-		{name: "URL prefer", args: []string{"-d", "postgresql://srv/app?sslmode=prefer"}, wantArgs: []string{"-d", "host='srv' dbname='app' sslmode='require'"}, notice: true},
-		{name: "URL allow in --dbname=", args: []string{"--dbname=postgres://srv/app?sslmode=allow"}, wantArgs: []string{"--dbname=host='srv' dbname='app' sslmode='require'"}, notice: true},
+		{name: "URL prefer", args: []string{"-d", "postgresql://srv/app?sslmode=prefer"}, wantArgs: []string{"-d", "host='srv' dbname='app' sslmode='require'"}, wantEnv: "verify-full", notice: true},
+		{name: "URL allow in --dbname=", args: []string{"--dbname=postgres://srv/app?sslmode=allow"}, wantArgs: []string{"--dbname=host='srv' dbname='app' sslmode='require'"}, wantEnv: "verify-full", notice: true},
 		{name: "URL disable", args: []string{"postgres://u@srv:5432/app?sslmode=disable"}, refused: true},
-		{name: "URL ssl=true is require", args: []string{"postgres://srv/app?ssl=true"}},
+		{name: "URL ssl=true is require", args: []string{"postgres://srv/app?ssl=true"}, wantEnv: "verify-full"},
 		{name: "URL without sslmode", args: []string{"postgres://srv/app"}, wantEnv: "verify-full"},
 		{name: "URL without sslmode, PGSSLMODE=prefer", args: []string{"postgres://srv/app"}, env: map[string]string{"PGSSLMODE": "prefer"}, wantEnv: "require", notice: true},
 		{name: "service with prefer, named in the argument", args: []string{"service=weak"}, env: map[string]string{"PGSERVICEFILE": serviceFile},
-			wantArgs: []string{"service='weak' sslmode='require'"}, notice: true},
+			wantArgs: []string{"service='weak' sslmode='require'"}, wantEnv: "verify-full", notice: true},
 		{name: "service with prefer, from PGSERVICE, beats PGSSLMODE", args: []string{"-Xd", "app"}, env: map[string]string{"PGSERVICE": "weak", "PGSERVICEFILE": serviceFile, "PGSSLMODE": "verify-full"},
 			wantArgs: []string{"-Xd", "dbname='app' sslmode='require'"}, notice: true},
 		{name: "service with disable", env: map[string]string{"PGSERVICE": "off", "PGSERVICEFILE": serviceFile}, refused: true},
 		{name: "service without sslmode: pinned in an added argument", args: []string{"-c", "select 1"}, env: map[string]string{"PGSERVICE": "plain", "PGSERVICEFILE": serviceFile},
-			wantArgs: []string{"--dbname=sslmode='verify-full'", "-c", "select 1"}},
+			wantArgs: []string{"--dbname=sslmode='verify-full'", "-c", "select 1"}, wantEnv: "verify-full"},
 		{name: "service with verify-ca kept, pinned", args: []string{"-l"}, env: map[string]string{"PGSERVICE": "strict", "PGSERVICEFILE": serviceFile},
-			wantArgs: []string{"--dbname=dbname='postgres' sslmode='verify-ca'", "-l"}},
+			wantArgs: []string{"--dbname=dbname='postgres' sslmode='verify-ca'", "-l"}, wantEnv: "verify-full"},
 		{name: "service not found: PGSSLMODE's, pinned", args: []string{"app"}, env: map[string]string{"PGSERVICE": "nowhere", "PGSERVICEFILE": serviceFile, "PGSSLMODE": "require", "PGSYSCONFDIR": dir + "/none"},
 			wantArgs: []string{"dbname='app' sslmode='require'"}},
-		{name: "explicit sslmode beats the service", args: []string{"service=off sslmode=verify-full"}, env: map[string]string{"PGSERVICEFILE": serviceFile}},
+		{name: "explicit sslmode beats the service", args: []string{"service=off sslmode=verify-full"}, env: map[string]string{"PGSERVICEFILE": serviceFile}, wantEnv: "verify-full"},
 		{name: "empty sslmode", args: []string{"host=srv sslmode="}, refused: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
