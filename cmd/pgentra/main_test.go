@@ -44,6 +44,11 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	pgentraBin = filepath.Join(dir, "pgentra")
+	// With the VCS revision stamped in when git can give it (GOFLAGS may
+	// say -buildvcs=false), for TestVersion; else as GOFLAGS says.
+	if _, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", pgentraBin, ".").CombinedOutput(); err == nil {
+		return pgtest.RunTests(m, &sharedPG)
+	}
 	if out, err := exec.Command(goTool, "build", "-o", pgentraBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building pgentra: %v\n%s", err, out)
 		return 1

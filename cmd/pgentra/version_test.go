@@ -30,6 +30,9 @@ func TestVersion(t *testing.T) {
 				t.Errorf("pgentra %q printed %q; want %q in it", args, r.stdout, want)
 			}
 		}
+		if args[0] == "version" {
+			t.Logf("pgentra version:\n%s", r.stdout)
+		}
 		if rev != "" && !strings.Contains(r.stdout, "revision: "+rev) {
 			t.Errorf("pgentra %q printed %q; want the revision %s", args, r.stdout, rev)
 		}
