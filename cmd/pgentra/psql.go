@@ -28,7 +28,11 @@ string of its own reads, is left no weaker than require either. For
 verify-ca and verify-full, when neither sslrootcert nor PGSSLROOTCERT is
 set and ~/.postgresql/root.crt does not exist, PGSSLROOTCERT is set to the
 system's CA bundle, which holds the roots Azure's server certificates
-chain to.
+chain to. When psql cannot verify the server ("certificate verify
+failed", or a host name not in the certificate, as when connecting by IP
+address), give the CA with sslrootcert= or PGSSLROOTCERT, connect by the
+certificate's host name, or ask for sslmode=require if you really want no
+verification.
 
 --host sets PGHOST. With Service Connector variables, their host, port,
 database and user fill in the PG… variables that are unset. psql's -V,
