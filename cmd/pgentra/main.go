@@ -159,9 +159,9 @@ Usage:
   pgentra proxy --upstream HOST [flags]      local proxy for any PostgreSQL client
   pgentra version                            print pgentra's version (also --version)
 
-Run "pgentra COMMAND --help" for a command's flags. Every command takes the
-credential flags (--credential, --client-id, --tenant, --host, --scope,
---env-prefix, --timeout).
+Run "pgentra COMMAND --help" for a command's flags. token, user, psql and
+proxy take the credential flags (--credential, --client-id, --tenant,
+--host, --scope, --env-prefix, --timeout).
 
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,
 its server, user and credential (_CLIENTID, _CLIENTSECRET, _TENANTID) are used
