@@ -134,6 +134,7 @@ func TestMultiLineErrorsIndented(t *testing.T) {
 			t.Errorf("line %q is not indented under the first (stderr %q)", l, r.stderr)
 		}
 	}
+	t.Logf("stderr:\n%s", r.stderr)
 	if !strings.Contains(r.stderr, "has not been assigned") {
 		t.Errorf("stderr %q lacks the endpoint's message", r.stderr)
 	}
