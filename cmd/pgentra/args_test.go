@@ -29,26 +29,41 @@ func TestSplitPsqlArgs(t *testing.T) {
 
 func TestScanPsqlArgs(t *testing.T) {
 	t.Parallel()
+	type want struct {
+		host, port, user, db string
+		dbArg, dbOff         int
+		list, infoOnly       bool
+	}
 	for _, tt := range []struct {
-		args []string
-		want psqlInfo
+		args  []string
+		posix bool
+		want  want
 	}{
-		{nil, psqlInfo{}},
-		{[]string{"-c", "select 1", "-X"}, psqlInfo{}},
-		{[]string{"-h", "srv.postgres.database.chinacloudapi.cn", "-d", "app"}, psqlInfo{host: "srv.postgres.database.chinacloudapi.cn"}},
-		{[]string{"-hsrv", "-Ualice"}, psqlInfo{host: "srv", user: true}},
-		{[]string{"-XAtc", "select 1", "--host=srv", "--user", "bob"}, psqlInfo{host: "srv", user: true}}, // --user abbreviates --username
-		{[]string{"-c", "-U", "app"}, psqlInfo{}},                                                         // -U is -c's value; app is the database
-		{[]string{"app", "alice"}, psqlInfo{user: true}},                                                  // the second positional argument is the user
-		{[]string{"-v", "x=1", "app"}, psqlInfo{}},                                                        // -v's value is no connection string
-		{[]string{"-h", "a", "host=b user=c"}, psqlInfo{host: "b", user: true}},                           // the connection string wins over -h
-		{[]string{"--dbname", "host='my srv' port=5432"}, psqlInfo{host: "my srv"}},                       // quoted
-		{[]string{"postgresql://alice@srv:5432/app"}, psqlInfo{host: "srv", user: true}},
-		{[]string{"postgres://[::1]:5432,other/app?user=x"}, psqlInfo{host: "::1", user: true}},
-		{[]string{"--", "-app-", "bob"}, psqlInfo{user: true}},
+		{nil, false, want{dbArg: -1}},
+		{[]string{"-c", "select 1", "-X"}, false, want{dbArg: -1}},
+		{[]string{"-h", "srv.postgres.database.chinacloudapi.cn", "-d", "app"}, false, want{host: "srv.postgres.database.chinacloudapi.cn", db: "app", dbArg: 3}},
+		{[]string{"-hsrv", "-Ualice", "-p5433"}, false, want{host: "srv", user: "alice", port: "5433", dbArg: -1}},
+		{[]string{"-XAtc", "select 1", "--host=srv", "--user", "bob"}, false, want{host: "srv", user: "bob", dbArg: -1}}, // --user abbreviates --username
+		{[]string{"-c", "-U", "app"}, false, want{db: "app", dbArg: 2}},                                                  // -U is -c's value; app is the database
+		{[]string{"app", "alice"}, false, want{db: "app", user: "alice", dbArg: 0}},                                      // the second positional argument is the user
+		{[]string{"-d", "app", "alice"}, false, want{db: "app", user: "alice", dbArg: 1}},                                // with -d, the first one is
+		{[]string{"-U", "bob", "app", "alice"}, false, want{db: "app", user: "bob", dbArg: 2}},                           // -U wins
+		{[]string{"-v", "x=1", "app"}, false, want{db: "app", dbArg: 2}},                                                 // -v's value is no connection string
+		{[]string{"-d", "a", "--dbname=b", "-Xdc"}, false, want{db: "c", dbArg: 3, dbOff: 3}},                            // the last -d wins
+		{[]string{"--db=x y", "z"}, false, want{db: "x y", dbArg: 0, dbOff: 5, user: "z"}},
+		{[]string{"--", "-app-", "bob"}, false, want{db: "-app-", user: "bob", dbArg: 1}},
+		{[]string{"-l"}, false, want{dbArg: -1, list: true}},
+		{[]string{"-XV"}, false, want{dbArg: -1, infoOnly: true}},
+		{[]string{"-h", "x", "--help=variables"}, false, want{host: "x", dbArg: -1, infoOnly: true}},
+		{[]string{"--vers"}, false, want{dbArg: -1, infoOnly: true}},
+		{[]string{"-?"}, false, want{dbArg: -1, infoOnly: true}},
+		{[]string{"app", "-U", "bob"}, false, want{db: "app", user: "bob", dbArg: 0}}, // getopt permutes
+		{[]string{"app", "-U", "bob"}, true, want{db: "app", user: "-U", dbArg: 0}},   // POSIXLY_CORRECT: it does not
 	} {
-		if got := scanPsqlArgs(tt.args); got != tt.want {
-			t.Errorf("scanPsqlArgs(%q) = %+v, want %+v", tt.args, got, tt.want)
+		pa := scanPsqlArgs(tt.args, tt.posix)
+		got := want{pa.host, pa.port, pa.user, pa.db, pa.dbArg, pa.dbOff, pa.list, pa.infoOnly}
+		if got != tt.want {
+			t.Errorf("scanPsqlArgs(%q, %v) = %+v, want %+v", tt.args, tt.posix, got, tt.want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgentra/entraauth"
 )
 
@@ -25,6 +26,13 @@ type options struct {
 	scope      string
 	envPrefix  string
 	timeout    time.Duration
+	// user, when set, is the database user name: the TokenSource gets it
+	// through entraauth.WithUser, so it is used as it is, even when it is
+	// the OS user's name. A subcommand that takes --user sets it.
+	user string
+	// envUser makes the Service Connector variables' user, if any, the
+	// user when --user is not given.
+	envUser bool
 }
 
 // credentialKinds are the values of --credential.
@@ -48,11 +56,12 @@ func newFlagSet(name string, stderr io.Writer, o *options) *flag.FlagSet {
 
 // parseFlags parses a subcommand's flags. It returns false with the exit
 // status when the command ends here: after printing help on stdout for
-// --help, or after a flag error (which flag has printed on stderr).
+// --help (the subcommand's help, then the common flags), or after a flag
+// error (which flag has printed on stderr).
 func parseFlags(fs *flag.FlagSet, args []string, help string, stdout, stderr io.Writer) (int, bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, help+"\n"+flagsHelp)
+			fmt.Fprint(stdout, help+"\n"+commonFlagsHelp(strings.TrimPrefix(fs.Name(), "pgentra ")))
 			return exitOK, false
 		}
 		fmt.Fprintf(stderr, "run \"%s --help\" for help\n", fs.Name())
@@ -68,6 +77,8 @@ type target struct {
 	env *entraauth.EnvConfig   // nil without Service Connector variables
 	// host is --host, else the Service Connector host, else "".
 	host string
+	// scope is the scope of the tokens.
+	scope string
 }
 
 // resolve reads the Service Connector variables, if set, and builds the
@@ -98,7 +109,15 @@ func (o *options) resolve(hostHint string) (*target, error) {
 		}
 		scope = entraauth.ScopeForHost(host)
 	}
+	t.scope = scope
 	opts := []entraauth.Option{entraauth.WithScope(scope), entraauth.WithFetchTimeout(o.timeout)}
+	user := o.user
+	if user == "" && o.envUser && t.env != nil {
+		user = t.env.User
+	}
+	if user != "" {
+		opts = append(opts, entraauth.WithUser(user))
+	}
 
 	var cred azcore.TokenCredential
 	switch {
@@ -196,22 +215,29 @@ func (o *options) newCredential() (azcore.TokenCredential, error) {
 	return nil, fmt.Errorf("%w: unknown --credential %q (want one of %s)", errUsage, kind, strings.Join(credentialKinds, ", "))
 }
 
-// tokenAndUser returns a token and the database user name it maps to,
-// with the library's rules (claims, then a managed identity's name), by
-// readying a connection config the way a pool's BeforeConnect does.
+// tokenAndUser returns a token and the database user name: --user's
+// (WithUser), else the one the token maps to by the library's rules
+// (claims, then a managed identity's name), found by readying a
+// connection config the way a pool's BeforeConnect does.
 func (t *target) tokenAndUser(ctx context.Context) (token, user string, err error) {
 	// The config only carries the user name in and out: the scope is fixed
-	// by WithScope, and the unix socket host passes the transport guard
-	// whatever the TLS settings in the environment. Nothing connects.
-	cfg, err := pgx.ParseConfig("host=/nonexistent-pgentra-socket-dir sslmode=disable")
-	if err != nil {
-		return "", "", err
-	}
-	cfg.User = "" // not named: derived from the token
+	// by WithScope, and a unix socket host needs no TLS. Nothing connects.
+	// It is built here rather than parsed, so that no PG… variable or
+	// service file of psql's can make it fail or name a user.
+	cfg := &pgx.ConnConfig{Config: pgconn.Config{Host: "/nonexistent-pgentra-socket-dir", Port: 5432}}
 	if err := t.ts.BeforeConnect(ctx, cfg); err != nil {
 		return "", "", err
 	}
 	return cfg.Password, cfg.User, nil
+}
+
+// checkJWT refuses a token that is not a JWT, with the error the library
+// gives when it reads one (ErrMalformedToken).
+func checkJWT(token string) error {
+	if _, err := entraauth.UsernameFromToken(token); errors.Is(err, entraauth.ErrMalformedToken) {
+		return err
+	}
+	return nil
 }
 
 // passwordModeError explains why there is no token to print.

@@ -11,6 +11,7 @@
 //	pgentra user [flags]                       print the database user name the token maps to
 //	pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
 //	pgentra proxy --upstream HOST [flags]      a local PostgreSQL proxy that logs clients in with tokens
+//	pgentra version                            print the version, VCS revision and Go version
 //
 // In pgAdmin, set the server's "Password exec command" to
 // "pgentra token --host <server>" and its "Password exec expiration" to a
@@ -19,7 +20,8 @@
 // pgentra reads Azure Service Connector's variables
 // (AZURE_POSTGRESQL_CONNECTIONSTRING and the others, see
 // entraauth.LoadEnv) when they are set, for the server and the credential;
-// flags override them. Run "pgentra help" for the flags.
+// flags override them. Run "pgentra help", and "pgentra COMMAND --help", for
+// the flags.
 package main
 
 import (
@@ -27,8 +29,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -47,6 +51,15 @@ const (
 	exitUsage = 2
 )
 
+// commands are pgentra's subcommands.
+var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) int{
+	"token":   runToken,
+	"user":    runUser,
+	"psql":    runPsql,
+	"proxy":   runProxy,
+	"version": runVersion,
+}
+
 // run runs one subcommand and returns the exit status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -54,43 +67,71 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	cmd, rest := args[0], args[1:]
+	if f, ok := commands[cmd]; ok {
+		return f(ctx, rest, stdout, stderr)
+	}
 	switch cmd {
-	case "token":
-		return runToken(ctx, rest, stdout, stderr)
-	case "user":
-		return runUser(ctx, rest, stdout, stderr)
-	case "psql":
-		return runPsql(ctx, rest, stdout, stderr)
-	case "proxy":
-		return runProxy(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
+	case "-version", "--version":
+		return runVersion(ctx, rest, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "pgentra: unknown command %q; run \"pgentra help\"\n", cmd)
+	fmt.Fprintf(stderr, "pgentra: unknown command %q%s; run \"pgentra help\"\n", cmd, didYouMean(cmd))
 	return exitUsage
 }
 
-// fail prints err as one line on stderr and returns exitFail. Errors never
-// contain a token: entraauth and azidentity keep them out.
-func fail(stderr io.Writer, cmd string, err error) int {
-	fmt.Fprintf(stderr, "pgentra %s: %s\n", cmd, oneLine(err.Error()))
-	if errors.Is(err, errUsage) {
-		return exitUsage
+// didYouMean suggests the command closest to an unknown one, as
+// "; did you mean \"token\"?", or returns "" when none is close.
+func didYouMean(cmd string) string {
+	best, bestDist := "", 3 // farther than two edits is no typo
+	for _, name := range append(slices.Sorted(maps.Keys(commands)), "help") {
+		if d := editDistance(strings.ToLower(cmd), name); d < bestDist {
+			best, bestDist = name, d
+		}
 	}
-	return exitFail
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean %q?", best)
 }
 
-// oneLine joins a multi-line message (azidentity's have troubleshooting
-// links on lines of their own) into one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // errUsage marks an error in the command line.
 var errUsage = errors.New("usage")
 
-const flagsHelp = `Flags (for psql, before its own arguments, or end them with --):
+// commonFlagsHelp describes the flags every subcommand takes, for the
+// subcommand cmd.
+func commonFlagsHelp(cmd string) string {
+	header, host := "Credential flags:", "the server, whose cloud picks the token scope"
+	switch cmd {
+	case "psql":
+		header = "pgentra flags (before psql's arguments, or end them with --):"
+		host = "the server: sets PGHOST; its cloud picks the token scope"
+	case "proxy":
+		host = "the server when --upstream is not given; its cloud picks the token scope"
+	}
+	return header + `
   --credential KIND  where the token comes from: default (DefaultAzureCredential),
                      cli (az login), azd (azd auth login), managed-identity,
                      workload-identity, environment (AZURE_CLIENT_ID, AZURE_TENANT_ID,
@@ -100,13 +141,14 @@ const flagsHelp = `Flags (for psql, before its own arguments, or end them with -
   --client-id ID     client ID of a user-assigned managed identity (managed-identity,
                      default) or of an app (workload-identity, device-code)
   --tenant ID        Microsoft Entra tenant to get the token from
-  --host HOST        the server; picks the cloud's token scope (and psql's host)
+  --host HOST        ` + host + `
   --scope SCOPE      the token scope; default: the one for --host, else
                      https://ossrdbms-aad.database.windows.net/.default
   --env-prefix P     prefix of the Service Connector variables (default AZURE_POSTGRESQL)
   --timeout D        give up getting a token after D (default 2m)
   --help             show this help
 `
+}
 
 const usage = `pgentra: Microsoft Entra ID access tokens for Azure Database for PostgreSQL.
 
@@ -114,18 +156,23 @@ Usage:
   pgentra token [flags]                      print an access token, for PGPASSWORD or pgAdmin
   pgentra user [flags]                       print the database user name the token maps to
   pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
-  pgentra proxy --upstream HOST [flags]      local proxy for any PostgreSQL client ("pgentra proxy --help")
+  pgentra proxy --upstream HOST [flags]      local proxy for any PostgreSQL client
+  pgentra version                            print pgentra's version (also --version)
 
-` + flagsHelp + `
+Run "pgentra COMMAND --help" for a command's flags. token, user, psql and
+proxy take the credential flags (--credential, --client-id, --tenant,
+--host, --scope, --env-prefix, --timeout).
+
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,
 its server, user and credential (_CLIENTID, _CLIENTSECRET, _TENANTID) are used
 unless flags say otherwise.
 
 Examples:
-  PGPASSWORD=$(pgentra token) psql "host=mysrv.postgres.database.azure.com dbname=postgres user=alice@contoso.com"
+  PGPASSWORD=$(pgentra token) psql "host=mysrv.postgres.database.azure.com dbname=postgres user=alice@contoso.com sslmode=verify-full"
   pgentra psql -h mysrv.postgres.database.azure.com -d postgres
   pgentra psql --credential managed-identity --client-id 00000000-0000-0000-0000-000000000000 -h mysrv.postgres.database.azure.com
   pgentra token --host mysrv.postgres.database.chinacloudapi.cn
+  pgentra token --output json
   pgentra user --credential cli
 
 pgAdmin (server properties, Advanced tab; leave the password empty):

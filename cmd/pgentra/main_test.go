@@ -27,6 +27,11 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
+	// PGENTRA_TEST_BINARY runs the end-to-end tests against another build,
+	// such as one of an earlier commit, to see a regression test fail.
+	if pgentraBin = os.Getenv("PGENTRA_TEST_BINARY"); pgentraBin != "" {
+		return pgtest.RunTests(m, &sharedPG)
+	}
 	dir, err := os.MkdirTemp("", "pgentra-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -39,6 +44,11 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	pgentraBin = filepath.Join(dir, "pgentra")
+	// With the VCS revision stamped in when git can give it (GOFLAGS may
+	// say -buildvcs=false), for TestVersion; else as GOFLAGS says.
+	if _, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", pgentraBin, ".").CombinedOutput(); err == nil {
+		return pgtest.RunTests(m, &sharedPG)
+	}
 	if out, err := exec.Command(goTool, "build", "-o", pgentraBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building pgentra: %v\n%s", err, out)
 		return 1
@@ -94,6 +104,17 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// issuerOnly is a fixture with an Entra emulator and no server, for
+// credentials alone.
+func issuerOnly(t *testing.T) *fixture {
+	t.Helper()
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{iss: iss}
 }
 
 // az returns a fake az for p; its directory goes first on PATH with

@@ -5,69 +5,114 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-const psqlHelp = `Usage: pgentra psql [flags] [--] [psql arguments...]
+const psqlHelp = `Usage: pgentra psql [pgentra flags] [--] [psql arguments...]
 
 Runs psql (found on PATH) with an access token as PGPASSWORD and, unless a
-user is named (-U, --username, a second positional argument, PGUSER, or
-user= in a connection string argument), PGUSER set to the user the token
-maps to. PGSSLMODE defaults to verify-full; when PGSSLROOTCERT is unset and
-~/.postgresql/root.crt does not exist, PGSSLROOTCERT is set to the
-system's CA bundle so the server's certificate can be verified.
+user is named (-U, a second positional argument, user= in a connection
+string argument, the service file, or PGUSER), PGUSER set to the user the
+token maps to. psql's exit status is pgentra's.
+
+The token never travels without TLS, however the sslmode is given (a
+connection string or URL argument, a service, PGSSLMODE): sslmode=disable
+is refused, allow and prefer are raised to require, and no sslmode at all
+means verify-full. PGSSLMODE, which psql's \connect with a connection
+string of its own reads, is left no weaker than require either. For
+verify-ca and verify-full, when neither sslrootcert nor PGSSLROOTCERT is
+set and ~/.postgresql/root.crt does not exist, PGSSLROOTCERT is set to the
+system's CA bundle, which holds the roots Azure's server certificates
+chain to. When psql cannot verify the server ("certificate verify
+failed", or a host name not in the certificate, as when connecting by IP
+address), give the CA with sslrootcert= or PGSSLROOTCERT, connect by the
+certificate's host name, or ask for sslmode=require if you really want no
+verification.
+
 --host sets PGHOST. With Service Connector variables, their host, port,
-database and user fill in the PG… variables that are unset. psql's exit
-status is pgentra's.
+database and user fill in the PG… variables that are unset. psql's -V,
+--version and --help run psql without getting a token.
 
 Examples:
   pgentra psql -h mysrv.postgres.database.azure.com -d postgres
   pgentra psql --credential cli -h mysrv.postgres.database.azure.com -c 'select current_user'
   pgentra psql "host=mysrv.postgres.database.azure.com dbname=app"
+  pgentra psql "postgresql://mysrv.postgres.database.azure.com/app?sslmode=verify-full"
 `
 
 // runPsql runs psql with the token.
 func runPsql(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := newFlagSet("psql", stderr, &o)
-	ours, psqlArgs := splitPsqlArgs(args)
+	ours, rest := splitPsqlArgs(args)
 	if code, ok := parseFlags(fs, ours, psqlHelp, stdout, stderr); !ok {
+		if code == exitOK { // --help: psql's own options follow ours
+			if psqlPath, err := exec.LookPath("psql"); err == nil {
+				fmt.Fprint(stdout, "\npsql's own options (psql --help):\n\n")
+				return execPsql(psqlPath, []string{"--help"}, os.Environ(), stdout, stderr)
+			}
+		}
 		return code
 	}
-	pa := scanPsqlArgs(psqlArgs)
-	hint := pa.host
-	if hint == "" {
-		hint = os.Getenv("PGHOST")
-	}
-	t, err := o.resolve(hint)
-	if err != nil {
-		return fail(stderr, "psql", err)
-	}
+	pa := scanPsqlArgs(rest, os.Getenv("POSIXLY_CORRECT") != "")
 	psqlPath, err := exec.LookPath("psql")
 	if err != nil {
 		return fail(stderr, "psql", fmt.Errorf("psql not found on PATH (Debian and Ubuntu: apt-get install postgresql-client): %w", err))
 	}
+	if pa.infoOnly { // psql prints its version or help and connects nowhere
+		return execPsql(psqlPath, pa.args, os.Environ(), stdout, stderr)
+	}
 
+	// set holds the variables pgentra gives psql; the settings read them
+	// before the process environment.
 	set := map[string]string{}
-	unset := func(k string) bool { return os.Getenv(k) == "" }
+	getenv := func(k string) string {
+		if v, ok := set[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	pc, err := newPsqlConn(pa, getenv)
+	if err != nil {
+		return fail(stderr, "psql", err)
+	}
+	hint, _ := pc.lookup("host")
+	hint, _, _ = strings.Cut(hint, ",")
+	t, err := o.resolve(hint)
+	if err != nil {
+		return fail(stderr, "psql", err)
+	}
 	if o.host != "" {
 		set["PGHOST"] = o.host
 	}
 	if ec := t.env; ec != nil {
 		for k, v := range map[string]string{"PGHOST": ec.Host, "PGPORT": ec.Port, "PGDATABASE": ec.Database} {
-			if _, ok := set[k]; !ok && v != "" && unset(k) {
+			if v != "" && getenv(k) == "" {
 				set[k] = v
 			}
 		}
 	}
-	userNamed := pa.user || !unset("PGUSER")
+	notice, err := pc.secureSSLMode(set)
+	if err != nil {
+		return fail(stderr, "psql", err)
+	}
+	if notice != "" {
+		fmt.Fprintf(stderr, "pgentra psql: %s\n", notice)
+	}
+	mode, _ := pc.lookup("sslmode")
+	if rootCert, _ := pc.lookup("sslrootcert"); strings.HasPrefix(mode, "verify-") && rootCert == "" && !userRootCertExists() {
+		if bundle := systemCABundle(); bundle != "" {
+			set["PGSSLROOTCERT"] = bundle
+		}
+	}
+
+	user, _ := pc.lookup("user")
+	userNamed := user != ""
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	switch {
@@ -85,6 +130,9 @@ func runPsql(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(stderr, "psql", err)
 		}
+		if err := checkJWT(tok.Value); err != nil {
+			return fail(stderr, "psql", err)
+		}
 		set["PGPASSWORD"] = tok.Value
 		if !userNamed {
 			set["PGUSER"] = t.env.User
@@ -96,17 +144,7 @@ func runPsql(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		set["PGPASSWORD"], set["PGUSER"] = token, user
 	}
-	mode := os.Getenv("PGSSLMODE")
-	if mode == "" {
-		mode = "verify-full"
-		set["PGSSLMODE"] = mode
-	}
-	if strings.HasPrefix(mode, "verify-") && unset("PGSSLROOTCERT") && !userRootCertExists() {
-		if bundle := systemCABundle(); bundle != "" {
-			set["PGSSLROOTCERT"] = bundle
-		}
-	}
-	return execPsql(psqlPath, psqlArgs, withEnv(os.Environ(), set), stdout, stderr)
+	return execPsql(psqlPath, pc.args.args, withEnv(os.Environ(), set), stdout, stderr)
 }
 
 // withEnv returns env with the variables in set replaced or added.
@@ -155,211 +193,4 @@ func systemCABundle() string {
 		}
 	}
 	return ""
-}
-
-// ourFlags are the flags pgentra psql takes before psql's arguments, and
-// whether each takes a value.
-var ourFlags = map[string]bool{
-	"credential": true, "client-id": true, "tenant": true, "host": true,
-	"scope": true, "env-prefix": true, "timeout": true, "help": false,
-}
-
-// splitPsqlArgs splits pgentra's leading flags from psql's arguments. Ours
-// come first and end at the first argument that is not one of them, or at
-// "--", which is dropped. psql's own -h is psql's; --host is ours and sets
-// PGHOST, which comes to the same.
-func splitPsqlArgs(args []string) (ours, rest []string) {
-	i := 0
-	for i < len(args) {
-		a := args[i]
-		if a == "--" {
-			return args[:i], args[i+1:]
-		}
-		if !strings.HasPrefix(a, "-") || len(a) < 3 {
-			break
-		}
-		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		takesValue, ok := ourFlags[name]
-		if !ok || (name == "help" && hasValue) {
-			break
-		}
-		i++
-		if takesValue && !hasValue && i < len(args) {
-			i++
-		}
-	}
-	return args[:i], args[i:]
-}
-
-// psqlInfo is what pgentra needs to know of psql's arguments.
-type psqlInfo struct {
-	host string // the host named by a connection string, else -h
-	user bool   // a user is named
-}
-
-// psqlShortWithValue are psql's one-letter options that take a value.
-const psqlShortWithValue = "cdfvLoFPRThpU"
-
-// psqlLong are psql's long options; true for those that take a value.
-var psqlLong = map[string]bool{
-	"command": true, "dbname": true, "file": true, "set": true, "variable": true,
-	"log-file": true, "output": true, "field-separator": true, "pset": true,
-	"record-separator": true, "table-attr": true, "host": true, "port": true, "username": true,
-	"list": false, "version": false, "no-psqlrc": false, "single-transaction": false, "help": false,
-	"echo-all": false, "echo-errors": false, "echo-queries": false, "echo-hidden": false,
-	"no-readline": false, "quiet": false, "single-step": false, "single-line": false,
-	"no-align": false, "csv": false, "html": false, "tuples-only": false, "expanded": false,
-	"field-separator-zero": false, "record-separator-zero": false, "no-password": false, "password": false,
-}
-
-// psqlLongOption returns the long option name abbreviates (getopt takes
-// unique prefixes), or "".
-func psqlLongOption(name string) string {
-	if _, ok := psqlLong[name]; ok {
-		return name
-	}
-	match := ""
-	for full := range psqlLong {
-		if strings.HasPrefix(full, name) {
-			if match != "" {
-				return ""
-			}
-			match = full
-		}
-	}
-	return match
-}
-
-// scanPsqlArgs reads psql's arguments the way psql's getopt does, for the
-// host and whether a user is named.
-func scanPsqlArgs(args []string) psqlInfo {
-	var info psqlInfo
-	var hostOpt, connInfoHost string
-	positional := 0
-	onDBName := func(v string) {
-		if h, u := connInfoParams(v); h != "" || u {
-			if h != "" {
-				connInfoHost = h
-			}
-			info.user = info.user || u
-		}
-	}
-	onPositional := func(v string) {
-		positional++
-		switch positional {
-		case 1:
-			onDBName(v)
-		case 2:
-			info.user = true
-		}
-	}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			for _, p := range args[i+1:] {
-				onPositional(p)
-			}
-			i = len(args)
-		case strings.HasPrefix(a, "--"):
-			name, val, hasVal := strings.Cut(a[2:], "=")
-			name = psqlLongOption(name)
-			if !psqlLong[name] {
-				continue
-			}
-			if !hasVal && i+1 < len(args) {
-				i++
-				val = args[i]
-			}
-			switch name {
-			case "host":
-				hostOpt = val
-			case "username":
-				info.user = true
-			case "dbname":
-				onDBName(val)
-			}
-		case strings.HasPrefix(a, "-") && a != "-":
-			for j := 1; j < len(a); j++ {
-				c := a[j]
-				if !strings.ContainsRune(psqlShortWithValue, rune(c)) {
-					continue
-				}
-				val := a[j+1:]
-				if val == "" && i+1 < len(args) {
-					i++
-					val = args[i]
-				}
-				switch c {
-				case 'h':
-					hostOpt = val
-				case 'U':
-					info.user = true
-				case 'd':
-					onDBName(val)
-				}
-				break
-			}
-		default:
-			onPositional(a)
-		}
-	}
-	info.host = connInfoHost
-	if info.host == "" {
-		info.host = hostOpt
-	}
-	return info
-}
-
-// cutScheme returns a connection URL without its scheme.
-func cutScheme(s string) (string, bool) {
-	if rest, ok := strings.CutPrefix(s, "postgresql://"); ok {
-		return rest, true
-	}
-	return strings.CutPrefix(s, "postgres://")
-}
-
-var (
-	connInfoHostRE = regexp.MustCompile(`(?:^|\s)host\s*=\s*('(?:[^'\\]|\\.)*'|\S*)`)
-	connInfoUserRE = regexp.MustCompile(`(?:^|\s)user\s*=`)
-)
-
-// connInfoParams returns the first host a psql dbname argument names when
-// it is a connection string (URL or key/value), and whether it names a
-// user.
-func connInfoParams(s string) (host string, user bool) {
-	if rest, ok := cutScheme(s); ok {
-		// As libpq reads it: [user[:password]@]host[:port][,…][/db][?k=v&…].
-		if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
-			user = strings.SplitN(rest[:i], ":", 2)[0] != ""
-			rest = rest[i+1:]
-		}
-		hosts, query, _ := strings.Cut(rest, "?")
-		hosts, _, _ = strings.Cut(hosts, "/")
-		first, _, _ := strings.Cut(hosts, ",")
-		if strings.HasPrefix(first, "[") {
-			host, _, _ = strings.Cut(first[1:], "]")
-		} else {
-			host, _, _ = strings.Cut(first, ":")
-		}
-		host, _ = url.PathUnescape(host)
-		if q, err := url.ParseQuery(query); err == nil {
-			if h := q.Get("host"); h != "" {
-				host, _, _ = strings.Cut(h, ",")
-			}
-			user = user || q.Get("user") != ""
-		}
-		return host, user
-	}
-	if !strings.Contains(s, "=") {
-		return "", false
-	}
-	if m := connInfoHostRE.FindStringSubmatch(s); m != nil {
-		host = m[1]
-		if strings.HasPrefix(host, "'") {
-			host = strings.NewReplacer(`\'`, `'`, `\\`, `\`).Replace(strings.Trim(host, "'"))
-		}
-		host, _, _ = strings.Cut(host, ",")
-	}
-	return host, connInfoUserRE.MatchString(s)
 }
