@@ -327,7 +327,14 @@ func TestProxyPsqlErrors(t *testing.T) {
 		t.Errorf("with az failing: %+v; want psql to show the credential's error", r)
 	}
 	az.FailWith("")
-	r = runCmd(t, p.env("postgres", "PGPASSWORD=l0cal pw"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	// Within the backoff after the failure, clients share it at once; the
+	// first after it (at most a second later) asks az again.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r = runCmd(t, p.env("postgres", "PGPASSWORD=l0cal pw"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+		if !strings.Contains(r.stderr, "next attempt") || time.Now().After(deadline) {
+			break
+		}
+	}
 	if r.code != 0 || r.stdout != alice.UPN+"\n" {
 		t.Errorf("with the local password: %+v", r)
 	}
