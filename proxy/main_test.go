@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -123,6 +124,11 @@ func (f *fixture) connString(extra ...string) string {
 func (f *fixture) token(t *testing.T) string {
 	t.Helper()
 	tok, err := f.ts.Token(context.Background())
+	var backoff *entraauth.BackoffError
+	if errors.As(err, &backoff) { // a test made the credential fail just before
+		time.Sleep(time.Until(backoff.RetryAt))
+		tok, err = f.ts.Token(context.Background())
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
