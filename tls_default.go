@@ -44,20 +44,19 @@ func verifiesHost(c *tls.Config) bool {
 // stays the same.
 func (ts *TokenSource) verifiedTLSFor(k connKey, host string, in *tls.Config) *tls.Config {
 	fp, cacheable := fingerprint(in)
-	key := tlsKey{conn: k, host: host}
 	if cacheable {
 		if c := ts.userNamedCache.Load(); c != nil {
-			if u := c.tls[key]; u != nil && u.from == fp {
-				return u.to
+			for _, u := range c.tls {
+				if u.conn == k && u.host == host && u.from == fp {
+					return u.to
+				}
 			}
 		}
 	}
 	out := verifyingTLS(in, host)
 	if cacheable {
 		ts.updateConfigCache(func(c *configCache) {
-			if _, ok := c.tls[key]; !ok {
-				c.tls[key] = &tlsUpgrade{from: fp, to: out}
-			}
+			c.tls = append(c.tls, &tlsUpgrade{conn: k, host: host, from: fp, to: out})
 		})
 	}
 	return out
