@@ -84,8 +84,7 @@ func keyOf(s string) connKey { return connKey{unsafe.StringData(s), len(s)} }
 // connFacts returns the facts of cfg's connection string, computing them
 // on first sight.
 func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
-	s := cfg.ConnString()
-	k := keyOf(s)
+	k := keyOf(cfg.ConnString())
 	if c := ts.userNamedCache.Load(); c != nil {
 		for _, f := range c.facts {
 			if f.key == k {
@@ -93,6 +92,10 @@ func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
 			}
 		}
 	}
+	return ts.newConnFacts(cfg.ConnString())
+}
+
+func (ts *TokenSource) newConnFacts(s string) *connFacts {
 	f := newConnFacts(s)
 	ts.updateConfigCache(func(c *configCache) { c.facts = append(c.facts, f) })
 	return f
@@ -109,9 +112,13 @@ type hostScope struct {
 // connection string's facts: the TokenSource's scope, once fixed, does not
 // change, so neither does the answer for a host.
 func (ts *TokenSource) scopeFor(f *connFacts, host string) (string, error) {
-	if hs := f.scope.Load(); hs != nil && (hs.hostKey == keyOf(host) || hs.host == host) {
+	if hs := f.scope.Load(); hs != nil && hs.hostKey == keyOf(host) {
 		return hs.scope, nil
 	}
+	return ts.newScopeFor(f, host)
+}
+
+func (ts *TokenSource) newScopeFor(f *connFacts, host string) (string, error) {
 	scope, err := ts.scopeForHost(host)
 	if err == nil {
 		f.scope.Store(&hostScope{keyOf(host), host, scope})

@@ -79,12 +79,12 @@ func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig, facts *connFacts) err
 		return nil
 	}
 	verify := !facts.sslModeNamed
-	if len(cfg.Fallbacks) == 0 { // one host, the usual case
+	if len(cfg.Fallbacks) == 0 || onlyPlaintextRetry(cfg) { // one host, the usual case
 		out, ok := ts.checkTarget(facts.key, cfg.Host, cfg.TLSConfig, verify)
 		if !ok {
 			return ts.insecureTransportError(cfg)
 		}
-		cfg.TLSConfig = out
+		cfg.TLSConfig, cfg.Fallbacks = out, nil
 		return nil
 	}
 	var buf [4]target
@@ -126,6 +126,17 @@ func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig, facts *connFacts) err
 	}
 	cfg.Fallbacks = fallbacks
 	return nil
+}
+
+// onlyPlaintextRetry reports whether cfg's one fallback is the plaintext
+// retry of its TLS attempt, as sslmode=prefer (pgx's default) makes for one
+// host over TCP.
+func onlyPlaintextRetry(cfg *pgx.ConnConfig) bool {
+	if len(cfg.Fallbacks) != 1 || cfg.TLSConfig == nil {
+		return false
+	}
+	fb := cfg.Fallbacks[0]
+	return fb.TLSConfig == nil && fb.Host == cfg.Host && fb.Port == cfg.Port
 }
 
 // tlsAsIs reports, cheaply, whether a TLS config may be used as it is:
