@@ -39,9 +39,10 @@ import (
 // cached-token hook can do (one atomic load, one clock read, one compare);
 // entraauth with the user named, with it derived from the token, with no
 // sslmode named (so entraauth verifies as verify-full would, with a TLS
-// config it made once), and two-pools: two connection strings sharing one
-// TokenSource, connecting in turn, as the README's shared-cache pattern
-// does; per-connection, a credential call per connect.
+// config it made once), and two-pools: two connection strings, users
+// derived from the token, sharing one TokenSource and connecting in turn,
+// as the README's shared-cache pattern does; per-connection, a credential
+// call per connect.
 func BenchmarkWarmHook(b *testing.B) {
 	unsetenv(b, "PGUSER")
 	unsetenv(b, "PGSSLMODE")
@@ -53,7 +54,7 @@ func BenchmarkWarmHook(b *testing.B) {
 	named := parseConfig(b, host+" sslmode=verify-full user="+relayUser.UPN)
 	unnamed := parseConfig(b, host+" sslmode=verify-full") // pgx fills in the OS user: entraauth takes the name from the token
 	noSSLMode := parseConfig(b, host+" user="+relayUser.UPN)
-	reports := parseConfig(b, "host=bench.postgres.database.azure.com dbname=reports sslmode=verify-full user="+relayUser.UPN)
+	reports := parseConfig(b, "host=bench.postgres.database.azure.com dbname=reports sslmode=verify-full")
 
 	run := func(name string, bases []*pgx.ConnConfig, hook Hook, calls func() int64) {
 		b.Run("auth="+name, func(b *testing.B) {
@@ -99,7 +100,7 @@ func BenchmarkWarmHook(b *testing.B) {
 	run("entraauth-no-sslmode", []*pgx.ConnConfig{noSSLMode}, entraauth.Hook(verifying), verifying.Calls)
 
 	shared := entratest.NewCredential(iss, relayUser)
-	run("entraauth-two-pools", []*pgx.ConnConfig{named, reports}, entraauth.Hook(shared), shared.Calls)
+	run("entraauth-two-pools", []*pgx.ConnConfig{unnamed, reports}, entraauth.Hook(shared), shared.Calls)
 
 	// The fake credential has no latency here: each call costs what
 	// minting a token costs (an RS256 signature), the least a real
