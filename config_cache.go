@@ -95,9 +95,17 @@ func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
 	return ts.newConnFacts(cfg.ConnString())
 }
 
+// newConnFacts computes and caches the facts of s; when another connect
+// cached them first, theirs are kept and returned.
 func (ts *TokenSource) newConnFacts(s string) *connFacts {
 	f := newConnFacts(s)
-	ts.updateConfigCache(func(c *configCache) { c.facts = append(c.facts, f) })
+	ts.updateConfigCache(func(c *configCache) {
+		if i := slices.IndexFunc(c.facts, func(g *connFacts) bool { return g.key == f.key }); i >= 0 {
+			f = c.facts[i]
+			return
+		}
+		c.facts = append(c.facts, f)
+	})
 	return f
 }
 
