@@ -2,8 +2,9 @@ package entraauth
 
 import (
 	"crypto/tls"
-	"maps"
 	"os"
+	"slices"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5"
@@ -20,17 +21,21 @@ import (
 // user name for a user, sslmode=prefer, a password from PGPASSWORD or
 // .pgpass.
 type connFacts struct {
-	connString      string // keeps the bytes of the cache key alive
+	key             connKey
+	connString      string // keeps the bytes of key alive
+	osUser          string // the name pgx fills in when no user is named
 	userNamed       bool   // by the string, PGUSER or the service file
 	sslModeNamed    bool   // by the string, PGSSLMODE or the service file
 	passwordWritten bool   // a non-empty password in the string itself
+
+	scope atomic.Pointer[hostScope] // the scope of the host last connected to
 }
 
 // newConnFacts reads connString, the environment variables pgx reads and
 // the service file the settings name. pgx read the same when it parsed the
 // config, moments before the first connect.
 func newConnFacts(connString string) *connFacts {
-	f := &connFacts{connString: connString}
+	f := &connFacts{key: keyOf(connString), connString: connString, osUser: osUserName()}
 	settings, err := pgxSettings(connString)
 	if err != nil {
 		// pgx parsed this string, so this cannot happen; the answers left
@@ -46,10 +51,13 @@ func newConnFacts(connString string) *connFacts {
 }
 
 // configCache is a TokenSource's copy-on-write cache of what it derived
-// from connection configs. It is never modified once published.
+// from connection configs. It is never modified once published. Its lists
+// are short (a program has a few connection strings and hosts), so they
+// are searched in order: comparing a pointer and a length is cheaper than
+// hashing a map key.
 type configCache struct {
-	facts map[connKey]*connFacts
-	tls   map[tlsKey]*tlsUpgrade
+	facts []*connFacts
+	tls   []*tlsUpgrade
 }
 
 // userNamedResult is the type of TokenSource.userNamedCache, which holds
@@ -76,20 +84,54 @@ func keyOf(s string) connKey { return connKey{unsafe.StringData(s), len(s)} }
 // connFacts returns the facts of cfg's connection string, computing them
 // on first sight.
 func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
-	s := cfg.ConnString()
-	k := keyOf(s)
+	k := keyOf(cfg.ConnString())
 	if c := ts.userNamedCache.Load(); c != nil {
-		if f, ok := c.facts[k]; ok {
-			return f
+		for _, f := range c.facts {
+			if f.key == k {
+				return f
+			}
 		}
 	}
+	return ts.newConnFacts(cfg.ConnString())
+}
+
+// newConnFacts computes and caches the facts of s; when another connect
+// cached them first, theirs are kept and returned.
+func (ts *TokenSource) newConnFacts(s string) *connFacts {
 	f := newConnFacts(s)
 	ts.updateConfigCache(func(c *configCache) {
-		if _, ok := c.facts[k]; !ok {
-			c.facts[k] = f
+		if i := slices.IndexFunc(c.facts, func(g *connFacts) bool { return g.key == f.key }); i >= 0 {
+			f = c.facts[i]
+			return
 		}
+		c.facts = append(c.facts, f)
 	})
 	return f
+}
+
+// hostScope is the token scope a host name needs. hostKey is host's
+// identity: the configs copied from one parsed config share the bytes.
+type hostScope struct {
+	hostKey     connKey
+	host, scope string
+}
+
+// scopeFor returns scopeForHost(host), remembering a success with the
+// connection string's facts: the TokenSource's scope, once fixed, does not
+// change, so neither does the answer for a host.
+func (ts *TokenSource) scopeFor(f *connFacts, host string) (string, error) {
+	if hs := f.scope.Load(); hs != nil && hs.hostKey == keyOf(host) {
+		return hs.scope, nil
+	}
+	return ts.newScopeFor(f, host)
+}
+
+func (ts *TokenSource) newScopeFor(f *connFacts, host string) (string, error) {
+	scope, err := ts.scopeForHost(host)
+	if err == nil {
+		f.scope.Store(&hostScope{keyOf(host), host, scope})
+	}
+	return scope, err
 }
 
 // updateConfigCache publishes a copy of the cache changed by add, starting
@@ -97,10 +139,10 @@ func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
 func (ts *TokenSource) updateConfigCache(add func(*configCache)) {
 	for {
 		old := ts.userNamedCache.Load()
-		next := &configCache{facts: map[connKey]*connFacts{}, tls: map[tlsKey]*tlsUpgrade{}}
+		next := &configCache{}
 		if old != nil && len(old.facts)+len(old.tls) < maxCachedConfigs {
-			maps.Copy(next.facts, old.facts)
-			maps.Copy(next.tls, old.tls)
+			next.facts = slices.Clone(old.facts)
+			next.tls = slices.Clone(old.tls)
 		}
 		add(next)
 		if ts.userNamedCache.CompareAndSwap(old, next) {
@@ -109,14 +151,11 @@ func (ts *TokenSource) updateConfigCache(add func(*configCache)) {
 	}
 }
 
-// tlsKey identifies one host's TLS config of one connection string.
-type tlsKey struct {
+// tlsUpgrade is the verifying TLS config made from an unverified one, for
+// one host of one connection string.
+type tlsUpgrade struct {
 	conn connKey
 	host string
-}
-
-// tlsUpgrade is the verifying TLS config made from an unverified one.
-type tlsUpgrade struct {
 	from tlsFingerprint
 	to   *tls.Config
 }

@@ -23,7 +23,7 @@ func (ts *TokenSource) userNamed(cfg *pgx.ConnConfig) bool {
 
 // userNamedBy is userNamed with the connection string's facts at hand.
 func userNamedBy(cfg *pgx.ConnConfig, f *connFacts) bool {
-	return cfg.User != "" && (f.userNamed || cfg.User != osUserName())
+	return cfg.User != "" && (f.userNamed || cfg.User != f.osUser)
 }
 
 // osUserName is the name pgx uses when no user is named.

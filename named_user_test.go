@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -186,5 +188,49 @@ func TestBeforeConnectAllocatesNothingWithSeveralPools(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%d pools sharing a TokenSource: %.1f allocations per round of connects, want 0", len(configs), allocs)
+	}
+}
+
+// TestConcurrentFirstConnectsShareOneCacheEntry runs the first connects of
+// several connection strings at once on new TokenSources, many times: each
+// string must end up in the cache once, and each connect must see its own
+// string's facts.
+func TestConcurrentFirstConnectsShareOneCacheEntry(t *testing.T) {
+	noSSLEnv(t)
+	strs := []string{
+		"host=srv.postgres.database.azure.com dbname=a sslmode=verify-full user=alice",
+		"host=srv.postgres.database.azure.com dbname=b sslmode=verify-full",
+		"host=srv.postgres.database.azure.com dbname=c user=carol",
+		"host=srv.postgres.database.azure.com dbname=d",
+	}
+	want := []string{"alice", "token@x.com", "carol", "token@x.com"}
+	bases := make([]*pgx.ConnConfig, len(strs))
+	for i, s := range strs {
+		bases[i] = connConfig(t, s)
+	}
+	ctx := context.Background()
+	for trial := range 300 {
+		ts := NewTokenSource(newFakeCredential("token@x.com"))
+		if _, err := ts.Token(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Go(func() {
+				i := g % len(bases)
+				cfg := *bases[i]
+				if err := ts.BeforeConnect(ctx, &cfg); err != nil || cfg.User != want[i] {
+					t.Errorf("trial %d, %s: user = %q, %v; want %q", trial, strs[i], cfg.User, err, want[i])
+				}
+				if !verifiesHost(cfg.TLSConfig) {
+					t.Errorf("trial %d, %s: TLS does not verify the host", trial, strs[i])
+				}
+			})
+		}
+		wg.Wait()
+		c := ts.userNamedCache.Load()
+		if c == nil || len(c.facts) != len(strs) {
+			t.Fatalf("trial %d: %d cached facts, want %d", trial, len(c.facts), len(strs))
+		}
 	}
 }

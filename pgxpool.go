@@ -36,10 +36,12 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 	if facts.passwordWritten && cfg.Password != "" {
 		return errPasswordWritten
 	}
-	if err := ts.guardTransport(cfg, facts); err != nil {
-		return err
+	if len(cfg.Fallbacks) > 0 || !ts.tlsAsIs(cfg.TLSConfig, facts) {
+		if err := ts.guardTransport(cfg, facts); err != nil {
+			return err
+		}
 	}
-	scope, err := ts.scopeForHost(cfg.Host)
+	scope, err := ts.scopeFor(facts, cfg.Host)
 	if err != nil {
 		return err
 	}
@@ -76,22 +78,28 @@ func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig, facts *connFacts) err
 	if ts.set.allowPlaintext {
 		return nil
 	}
-	k := keyOf(cfg.ConnString())
 	verify := !facts.sslModeNamed
+	if len(cfg.Fallbacks) == 0 || onlyPlaintextRetry(cfg) { // one host, the usual case
+		out, ok := ts.checkTarget(facts.key, cfg.Host, cfg.TLSConfig, verify)
+		if !ok {
+			return ts.insecureTransportError(cfg)
+		}
+		cfg.TLSConfig, cfg.Fallbacks = out, nil
+		return nil
+	}
 	var buf [4]target
-	targets := buf[:0]
+	targets := append(buf[:0], target{host: cfg.Host, port: cfg.Port, in: cfg.TLSConfig})
+	for _, fb := range cfg.Fallbacks {
+		targets = append(targets, target{host: fb.Host, port: fb.Port, in: fb.TLSConfig})
+	}
 	same, kept := true, 0
-	check := func(host string, port uint16, in *tls.Config) {
-		out, ok := ts.checkTarget(k, host, in, verify)
-		targets = append(targets, target{host: host, port: port, in: in, out: out, ok: ok})
-		same = same && ok && out == in
-		if ok {
+	for i := range targets {
+		t := &targets[i]
+		t.out, t.ok = ts.checkTarget(facts.key, t.host, t.in, verify)
+		same = same && t.ok && t.out == t.in
+		if t.ok {
 			kept++
 		}
-	}
-	check(cfg.Host, cfg.Port, cfg.TLSConfig)
-	for _, fb := range cfg.Fallbacks {
-		check(fb.Host, fb.Port, fb.TLSConfig)
 	}
 	switch {
 	case same:
@@ -118,6 +126,23 @@ func (ts *TokenSource) guardTransport(cfg *pgx.ConnConfig, facts *connFacts) err
 	}
 	cfg.Fallbacks = fallbacks
 	return nil
+}
+
+// onlyPlaintextRetry reports whether cfg's one fallback is the plaintext
+// retry of its TLS attempt, as sslmode=prefer (pgx's default) makes for one
+// host over TCP.
+func onlyPlaintextRetry(cfg *pgx.ConnConfig) bool {
+	if len(cfg.Fallbacks) != 1 || cfg.TLSConfig == nil {
+		return false
+	}
+	fb := cfg.Fallbacks[0]
+	return fb.TLSConfig == nil && fb.Host == cfg.Host && fb.Port == cfg.Port
+}
+
+// tlsAsIs reports, cheaply, whether a TLS config may be used as it is:
+// the usual case of one host and a TLS config the guard would keep.
+func (ts *TokenSource) tlsAsIs(c *tls.Config, facts *connFacts) bool {
+	return c != nil && !ts.set.allowPlaintext && !ts.set.requireVerified && (facts.sslModeNamed || !unverified(c))
 }
 
 // target is one host pgx would try, with the TLS config it would use and

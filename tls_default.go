@@ -44,20 +44,19 @@ func verifiesHost(c *tls.Config) bool {
 // stays the same.
 func (ts *TokenSource) verifiedTLSFor(k connKey, host string, in *tls.Config) *tls.Config {
 	fp, cacheable := fingerprint(in)
-	key := tlsKey{conn: k, host: host}
 	if cacheable {
 		if c := ts.userNamedCache.Load(); c != nil {
-			if u := c.tls[key]; u != nil && u.from == fp {
-				return u.to
+			for _, u := range c.tls {
+				if u.conn == k && u.host == host && u.from == fp {
+					return u.to
+				}
 			}
 		}
 	}
 	out := verifyingTLS(in, host)
 	if cacheable {
 		ts.updateConfigCache(func(c *configCache) {
-			if _, ok := c.tls[key]; !ok {
-				c.tls[key] = &tlsUpgrade{from: fp, to: out}
-			}
+			c.tls = append(c.tls, &tlsUpgrade{conn: k, host: host, from: fp, to: out})
 		})
 	}
 	return out
@@ -178,7 +177,11 @@ func idOf[T any](s []T) sliceID { return sliceID{unsafe.Pointer(unsafe.SliceData
 // config is not cached. Every exported field of tls.Config is either in the
 // fingerprint or checked here (TestTLSFingerprintCoversConfig).
 func fingerprint(c *tls.Config) (tlsFingerprint, bool) {
-	if c.Rand != nil || c.Time != nil || c.NameToCertificate != nil || //nolint:staticcheck // NameToCertificate is deprecated, still a field
+	//lint:ignore SA1019 deprecated, but still a field a config can set
+	if c.NameToCertificate != nil {
+		return tlsFingerprint{}, false
+	}
+	if c.Rand != nil || c.Time != nil ||
 		c.GetCertificate != nil || c.GetClientCertificate != nil || c.GetConfigForClient != nil ||
 		c.VerifyPeerCertificate != nil || c.VerifyConnection != nil ||
 		c.ClientSessionCache != nil || c.UnwrapSession != nil || c.WrapSession != nil ||
@@ -186,22 +189,24 @@ func fingerprint(c *tls.Config) (tlsFingerprint, bool) {
 		return tlsFingerprint{}, false
 	}
 	return tlsFingerprint{
-		certificates:                idOf(c.Certificates),
-		nextProtos:                  idOf(c.NextProtos),
-		cipherSuites:                idOf(c.CipherSuites),
-		curves:                      idOf(c.CurvePreferences),
-		echConfigs:                  idOf(c.EncryptedClientHelloConfigList),
-		echKeys:                     idOf(c.EncryptedClientHelloKeys),
-		rootCAs:                     c.RootCAs,
-		clientCAs:                   c.ClientCAs,
-		serverName:                  c.ServerName,
-		sessionTicketKey:            c.SessionTicketKey,
-		clientAuth:                  c.ClientAuth,
-		renegotiation:               c.Renegotiation,
-		minVersion:                  c.MinVersion,
-		maxVersion:                  c.MaxVersion,
-		insecureSkipVerify:          c.InsecureSkipVerify,
-		preferServerCipherSuites:    c.PreferServerCipherSuites, //nolint:staticcheck // deprecated, still a field
+		certificates: idOf(c.Certificates),
+		nextProtos:   idOf(c.NextProtos),
+		cipherSuites: idOf(c.CipherSuites),
+		curves:       idOf(c.CurvePreferences),
+		echConfigs:   idOf(c.EncryptedClientHelloConfigList),
+		echKeys:      idOf(c.EncryptedClientHelloKeys),
+		rootCAs:      c.RootCAs,
+		clientCAs:    c.ClientCAs,
+		serverName:   c.ServerName,
+		//lint:ignore SA1019 deprecated, but still a field a config can set
+		sessionTicketKey:   c.SessionTicketKey,
+		clientAuth:         c.ClientAuth,
+		renegotiation:      c.Renegotiation,
+		minVersion:         c.MinVersion,
+		maxVersion:         c.MaxVersion,
+		insecureSkipVerify: c.InsecureSkipVerify,
+		//lint:ignore SA1019 deprecated, but still a field a config can set
+		preferServerCipherSuites:    c.PreferServerCipherSuites,
 		sessionTicketsDisabled:      c.SessionTicketsDisabled,
 		dynamicRecordSizingDisabled: c.DynamicRecordSizingDisabled,
 	}, true

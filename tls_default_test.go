@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,6 +42,15 @@ func tcpConnString(pg *pgtest.Server, user string, extra ...string) string {
 	return strings.Join(append([]string{"host=" + pg.Host, "port=" + itoa(int(pg.Port)), "dbname=postgres", "user=" + user, "connect_timeout=10"}, extra...), " ")
 }
 
+// roleSeq makes role names unique across -count runs on the shared server.
+var roleSeq atomic.Int64
+
+// uniqueRole returns a role name (an Entra user principal name) used by no
+// other test or run.
+func uniqueRole(prefix string) string {
+	return prefix + "-" + itoa(int(roleSeq.Add(1))) + "@contoso.com"
+}
+
 // serverSaw reports whether the server log shows a login attempt by role
 // with a password: authorized, or refused for its password.
 func serverSaw(pg *pgtest.Server, role string) bool {
@@ -52,7 +62,7 @@ func serverSaw(pg *pgtest.Server, role string) bool {
 func TestNoSSLModeRefusesAnUntrustedServerAndSendsNoToken(t *testing.T) {
 	pg := testServer(t)
 	noSSLEnv(t)
-	const role = "tlsdefault1@contoso.com"
+	role := uniqueRole("tlsdefault1")
 	cred := roleCredential(t, pg, role, role, "")
 	ctx := context.Background()
 
@@ -98,7 +108,7 @@ func TestNoSSLModeRefusesAnUntrustedServerAndSendsNoToken(t *testing.T) {
 func TestNoSSLModeTrustsSSLRootCert(t *testing.T) {
 	pg := testServer(t)
 	noSSLEnv(t)
-	const role = "tlsdefault2@contoso.com"
+	role := uniqueRole("tlsdefault2")
 	cred := roleCredential(t, pg, role, role, "")
 	ctx := context.Background()
 
@@ -118,7 +128,7 @@ func TestNoSSLModeTrustsSSLRootCert(t *testing.T) {
 
 func TestSSLModeNamedElsewhereIsKept(t *testing.T) {
 	pg := testServer(t)
-	const role = "tlsdefault3@contoso.com"
+	role := uniqueRole("tlsdefault3")
 	cred := roleCredential(t, pg, role, role, "")
 	ctx := context.Background()
 	connect := func(t *testing.T, connString string) {
@@ -150,7 +160,7 @@ func TestSSLModeNamedElsewhereIsKept(t *testing.T) {
 func TestNoSSLModeHostNameMismatchSaysWhatToDo(t *testing.T) {
 	pg := testServer(t)
 	noSSLEnv(t)
-	const role = "tlsdefault4@contoso.com"
+	role := uniqueRole("tlsdefault4")
 	cred := roleCredential(t, pg, role, role, "")
 	// A name the certificate (localhost, 127.0.0.1, ::1) does not list,
 	// resolved to the server.
@@ -183,7 +193,7 @@ func TestNoSSLModeHostNameMismatchSaysWhatToDo(t *testing.T) {
 func TestNoSSLModeServerRefusingTLSGetsNoToken(t *testing.T) {
 	pg := testServer(t)
 	noSSLEnv(t)
-	const role = "tlsdefault5@contoso.com"
+	role := uniqueRole("tlsdefault5")
 	cred := roleCredential(t, pg, role, role, "")
 	proxy := newTLSRefusingProxy(t, pg.Addr())
 	_, port, _ := net.SplitHostPort(proxy.ln.Addr().String())

@@ -12,8 +12,10 @@ package bench
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,30 +31,52 @@ import (
 
 // BenchmarkWarmHook measures one call of each BeforeConnect with a token
 // already cached: what a connection pays before it dials. No server is
-// involved.
+// involved. Each call starts from the parsed config's host, TLS config,
+// fallbacks and user, as each pool connect does (pgxpool hands the hook a
+// copy of the parsed config; the copying is pgx's, not measured here).
+//
+// Variants: static, the floor of any hook; atomic-pointer, the least a
+// cached-token hook can do (one atomic load, one clock read, one compare);
+// entraauth with the user named, with it derived from the token, with no
+// sslmode named (so entraauth verifies as verify-full would, with a TLS
+// config it made once), and two-pools: two connection strings, users
+// derived from the token, sharing one TokenSource and connecting in turn,
+// as the README's shared-cache pattern does; per-connection, a credential
+// call per connect.
 func BenchmarkWarmHook(b *testing.B) {
 	unsetenv(b, "PGUSER")
+	unsetenv(b, "PGSSLMODE")
 	iss, err := entratest.NewIssuer()
 	if err != nil {
 		b.Fatal(err)
 	}
-	const host = "host=bench.postgres.database.azure.com dbname=app sslmode=verify-full"
-	named := parseConfig(b, host+" user="+relayUser.UPN)
-	unnamed := parseConfig(b, host) // pgx fills in the OS user: entraauth takes the name from the token
+	const host = "host=bench.postgres.database.azure.com dbname=app"
+	named := parseConfig(b, host+" sslmode=verify-full user="+relayUser.UPN)
+	unnamed := parseConfig(b, host+" sslmode=verify-full") // pgx fills in the OS user: entraauth takes the name from the token
+	noSSLMode := parseConfig(b, host+" user="+relayUser.UPN)
+	reports := parseConfig(b, "host=bench.postgres.database.azure.com dbname=reports sslmode=verify-full")
 
-	run := func(name string, base *pgx.ConnConfig, hook Hook, calls func() int64) {
+	run := func(name string, bases []*pgx.ConnConfig, hook Hook, calls func() int64) {
 		b.Run("auth="+name, func(b *testing.B) {
 			ctx := context.Background()
-			cfg := base.Copy()
-			user := cfg.User
-			if err := hook(ctx, cfg); err != nil { // warm: fetch and cache the token
-				b.Fatal(err)
+			cfgs := make([]*pgx.ConnConfig, len(bases))
+			for i, base := range bases {
+				cfgs[i] = base.Copy()
+				if err := hook(ctx, cfgs[i]); err != nil { // warm: fetch and cache the token
+					b.Fatal(err)
+				}
 			}
 			c0 := calls()
 			b.ReportAllocs()
 			b.ResetTimer()
+			i := 0
 			for b.Loop() {
-				cfg.User = user // as each pool connect starts from the parsed config
+				base, cfg := bases[i], cfgs[i]
+				if i++; i == len(bases) {
+					i = 0
+				}
+				// as each pool connect starts from the parsed config
+				cfg.Host, cfg.Port, cfg.TLSConfig, cfg.Fallbacks, cfg.User = base.Host, base.Port, base.TLSConfig, base.Fallbacks, base.User
 				if err := hook(ctx, cfg); err != nil {
 					b.Fatal(err)
 				}
@@ -61,20 +85,48 @@ func BenchmarkWarmHook(b *testing.B) {
 		})
 	}
 	none := func() int64 { return 0 }
+	one := []*pgx.ConnConfig{named}
 
-	run("static", named, staticHook(longTokenFor(b, iss, relayUser)), none)
+	run("static", one, staticHook(longTokenFor(b, iss, relayUser)), none)
+	run("atomic-pointer", one, atomicPointerHook(longTokenFor(b, iss, relayUser)), none)
 
 	cred := entratest.NewCredential(iss, relayUser)
-	run("entraauth", named, entraauth.Hook(cred), cred.Calls)
+	run("entraauth", one, entraauth.Hook(cred), cred.Calls)
 
 	derived := entratest.NewCredential(iss, relayUser)
-	run("entraauth-derived-user", unnamed, entraauth.Hook(derived), derived.Calls)
+	run("entraauth-derived-user", []*pgx.ConnConfig{unnamed}, entraauth.Hook(derived), derived.Calls)
+
+	verifying := entratest.NewCredential(iss, relayUser)
+	run("entraauth-no-sslmode", []*pgx.ConnConfig{noSSLMode}, entraauth.Hook(verifying), verifying.Calls)
+
+	shared := entratest.NewCredential(iss, relayUser)
+	run("entraauth-two-pools", []*pgx.ConnConfig{unnamed, reports}, entraauth.Hook(shared), shared.Calls)
 
 	// The fake credential has no latency here: each call costs what
 	// minting a token costs (an RS256 signature), the least a real
 	// identity service round trip could cost.
 	per := entratest.NewCredential(iss, relayUser)
-	run("per-connection", named, perConnectionHook(per), per.Calls)
+	run("per-connection", one, perConnectionHook(per), per.Calls)
+}
+
+// atomicPointerHook is the least a hook caching a token can do: load the
+// cached token from an atomic pointer, read the clock once, compare it
+// with the refresh point, and set the password. It never refreshes.
+func atomicPointerHook(token string) Hook {
+	type cached struct {
+		value     string
+		refreshAt time.Time
+	}
+	var p atomic.Pointer[cached]
+	p.Store(&cached{value: token, refreshAt: time.Now().Add(time.Hour)})
+	return func(_ context.Context, cfg *pgx.ConnConfig) error {
+		c := p.Load()
+		if !time.Now().Before(c.refreshAt) {
+			return errors.New("token due for refresh")
+		}
+		cfg.Password = c.value
+		return nil
+	}
 }
 
 // BenchmarkClockRead measures time.Now, which the warm hook must call

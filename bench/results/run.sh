@@ -1,7 +1,7 @@
 #!/bin/bash
 # Reproduces bench/results/*.txt: each benchmark's variants run one after
 # the other in one process, and the process is run 6 times (10 for
-# Connect), so load drifting on a shared machine hits every variant alike.
+# the warm hook and Connect), so load drifting on a shared machine hits every variant alike.
 # Usage, from the module root: bench/results/run.sh [outdir]
 set -e
 out=${1:-bench/results}
@@ -17,7 +17,8 @@ run() { # name dir binary n args...
     (cd "$dir" && "$bin" -test.run '^$' -test.count 1 "$@") >> "$out/$name.txt"
   done
 }
-run warm    bench "$tmp/bench.test" 6  -test.bench 'WarmHook|ClockRead'
+run warm    bench "$tmp/bench.test" 10 -test.bench 'WarmHook|ClockRead'
+run parts   .     "$tmp/root.test"  10 -test.bench WarmHookParts
 run cold    bench "$tmp/bench.test" 6  -test.bench ColdPool -test.benchtime 3x
 run stall   bench "$tmp/bench.test" 6  -test.bench RefreshStall -test.benchtime 1x
 run connect bench "$tmp/bench.test" 10 -test.bench 'Connect$' -test.benchtime 3s
