@@ -75,7 +75,7 @@ func BenchmarkWarmHookParts(b *testing.B) {
 			if !userNamedBy(&cfg, f) {
 				cfg.User = ""
 			}
-			cfg.User, _ = ts.userFor(ctx, &cfg, ScopePublic, c)
+			cfg.User, _ = ts.userFor(ctx, cfg.User, ScopePublic, c)
 		}
 	})
 	b.Run("part=all", func(b *testing.B) {

@@ -60,11 +60,6 @@ type configCache struct {
 	tls   []*tlsUpgrade
 }
 
-// userNamedResult is the type of TokenSource.userNamedCache, which holds
-// the configCache. (The name is historical; entraauth.go declares the
-// field.)
-type userNamedResult = configCache
-
 // maxCachedConfigs bounds a configCache: a program parsing a new connection
 // string for every connect starts the cache over now and then instead of
 // growing it.
@@ -85,7 +80,7 @@ func keyOf(s string) connKey { return connKey{unsafe.StringData(s), len(s)} }
 // on first sight.
 func (ts *TokenSource) connFacts(cfg *pgx.ConnConfig) *connFacts {
 	k := keyOf(cfg.ConnString())
-	if c := ts.userNamedCache.Load(); c != nil {
+	if c := ts.configs.Load(); c != nil {
 		for _, f := range c.facts {
 			if f.key == k {
 				return f
@@ -138,14 +133,14 @@ func (ts *TokenSource) newScopeFor(f *connFacts, host string) (string, error) {
 // over when the cache is full.
 func (ts *TokenSource) updateConfigCache(add func(*configCache)) {
 	for {
-		old := ts.userNamedCache.Load()
+		old := ts.configs.Load()
 		next := &configCache{}
 		if old != nil && len(old.facts)+len(old.tls) < maxCachedConfigs {
 			next.facts = slices.Clone(old.facts)
 			next.tls = slices.Clone(old.tls)
 		}
 		add(next)
-		if ts.userNamedCache.CompareAndSwap(old, next) {
+		if ts.configs.CompareAndSwap(old, next) {
 			return
 		}
 	}

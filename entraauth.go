@@ -168,8 +168,8 @@ type TokenSource struct {
 
 	users singleflight.Group // Resource Manager name lookups, by principal
 
-	userNamedCache atomic.Pointer[userNamedResult]
-	oauthProvider  func(context.Context) (string, error)
+	configs       atomic.Pointer[configCache] // what was derived from each connection config
+	oauthProvider func(context.Context) (string, error)
 
 	nFetches, nFailed atomic.Int64
 }

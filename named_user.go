@@ -7,21 +7,13 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// userNamed reports whether the connection settings name a user, as
+// userNamedBy reports whether the connection settings name a user, as
 // opposed to pgx filling in the OS user name when none is given. A user
 // other than the OS user's name is named (by the string, PGUSER, a service
 // file or code). The OS user's name counts as named only when the
 // connection string, PGUSER or the service file names it: code setting
 // cfg.User to the OS user's name cannot be told from pgx's default, and
 // WithUser is the way to name a user in code.
-func (ts *TokenSource) userNamed(cfg *pgx.ConnConfig) bool {
-	if cfg.User == "" {
-		return false
-	}
-	return cfg.User != osUserName() || ts.connFacts(cfg).userNamed
-}
-
-// userNamedBy is userNamed with the connection string's facts at hand.
 func userNamedBy(cfg *pgx.ConnConfig, f *connFacts) bool {
 	return cfg.User != "" && (f.userNamed || cfg.User != f.osUser)
 }

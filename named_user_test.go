@@ -228,7 +228,7 @@ func TestConcurrentFirstConnectsShareOneCacheEntry(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		c := ts.userNamedCache.Load()
+		c := ts.configs.Load()
 		if c == nil || len(c.facts) != len(strs) {
 			t.Fatalf("trial %d: %d cached facts, want %d", trial, len(c.facts), len(strs))
 		}

@@ -52,7 +52,7 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 	if err != nil {
 		return err
 	}
-	if cfg.User, err = ts.userFor(ctx, cfg, scope, c); err != nil {
+	if cfg.User, err = ts.userFor(ctx, cfg.User, scope, c); err != nil {
 		return err
 	}
 	cfg.Password = c.token.Value

@@ -45,7 +45,7 @@ func verifiesHost(c *tls.Config) bool {
 func (ts *TokenSource) verifiedTLSFor(k connKey, host string, in *tls.Config) *tls.Config {
 	fp, cacheable := fingerprint(in)
 	if cacheable {
-		if c := ts.userNamedCache.Load(); c != nil {
+		if c := ts.configs.Load(); c != nil {
 			for _, u := range c.tls {
 				if u.conn == k && u.host == host && u.from == fp {
 					return u.to

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // principal is who a token is for, and its database user name once known.
@@ -34,14 +32,15 @@ type userResult struct {
 	err  error
 }
 
-// userFor returns the database user for a connection: WithUser's, else the
-// one the connection settings name, else the token principal's.
-func (ts *TokenSource) userFor(ctx context.Context, cfg *pgx.ConnConfig, scope string, c *cachedToken) (string, error) {
+// userFor returns the database user for a connection: WithUser's, else
+// named, the user the connection settings name (empty when they name none),
+// else the token principal's.
+func (ts *TokenSource) userFor(ctx context.Context, named, scope string, c *cachedToken) (string, error) {
 	switch {
 	case ts.set.user != "":
 		return ts.set.user, nil
-	case ts.userNamed(cfg):
-		return cfg.User, nil
+	case named != "":
+		return named, nil
 	}
 	p := c.principal
 	if p.claimName != "" {
