@@ -251,13 +251,15 @@ func (ts *TokenSource) scopeForHost(host string) (string, error) {
 // token returns the cached token while usable, starting a background
 // refresh once it is due, and otherwise waits for a fetch.
 func (ts *TokenSource) token(ctx context.Context, scope string) (*cachedToken, error) {
-	now := ts.now().Round(0)
+	// The cached times carry no monotonic reading, so comparing them with
+	// now uses the wall clock even though now carries one.
+	now := ts.now()
 	if c := ts.current.Load(); c != nil && c.scope == scope {
 		if now.Before(c.refreshAt) {
 			return c, nil
 		}
 		if now.Before(c.usableUntil) {
-			ts.refreshInBackground(now, scope)
+			ts.refreshInBackground(now.Round(0), scope)
 			return c, nil
 		}
 	}
