@@ -114,8 +114,12 @@
 //
 // sslmode=disable over TCP is refused with ErrInsecureTransport and the
 // plaintext attempts of sslmode=prefer and allow are dropped, so the token
-// only travels over TLS. Use sslmode=verify-full; WithRequireVerifiedTLS
-// enforces it.
+// only travels over TLS. With no sslmode named (in the connection string,
+// PGSSLMODE or a service file) the server is verified as
+// sslmode=verify-full verifies it, against the system's CAs or sslrootcert;
+// a failure is ErrServerNotVerified, saying what to trust. An explicit
+// sslmode=require encrypts without verifying; WithRequireVerifiedTLS
+// refuses it.
 //
 // # Testing without Azure
 //

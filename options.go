@@ -86,7 +86,8 @@ func WithLogger(logger *slog.Logger) Option {
 
 // WithRequireVerifiedTLS refuses, with ErrInsecureTransport, any connection
 // over TCP whose server certificate and host name are not verified: it
-// requires sslmode=verify-full. Recommended in production, where
+// refuses an explicit sslmode=require, prefer or verify-ca (an unnamed
+// sslmode already means verify-full). Recommended in production, where
 // sslmode=require would hand the token to whoever answers on the network.
 func WithRequireVerifiedTLS() Option {
 	return func(s *settings) { s.requireVerified = true }
