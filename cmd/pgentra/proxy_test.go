@@ -436,3 +436,19 @@ func TestProxyAllowRemote(t *testing.T) {
 		t.Errorf("exit status %d after SIGTERM", code)
 	}
 }
+
+// psql whose backend is terminated exits at once with the server's FATAL
+// message and "server closed the connection", as it does directly,
+// instead of waiting on a connection the proxy keeps open.
+func TestProxyPsqlBackendTerminated(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	r := runCmd(t, p.env("postgres"), "psql", "-X", "-c", "select pg_terminate_backend(pg_backend_pid())")
+	if r.code != 2 || !strings.Contains(r.stderr, "terminating connection due to administrator command") ||
+		!strings.Contains(r.stderr, "server closed the connection unexpectedly") {
+		t.Errorf("psql: %+v; want exit status 2 with the FATAL message and the lost connection", r)
+	}
+	waitUntil(t, "the proxy to log the session's end", func() bool { return strings.Contains(p.stderr.String(), "session closed") })
+}
