@@ -378,7 +378,9 @@ func (s *Server) serveSession(h *clientHello) {
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
 	buf, _ = key.Encode(buf)
+	buf = append(buf, up.notices...)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
+	buf = append(buf, up.later...)
 	if _, err := w.Write(buf); err != nil {
 		return
 	}

@@ -17,6 +17,11 @@ type upstream struct {
 	txStatus byte
 	user     string
 	cancel   *cancelTarget
+	// notices are the NoticeResponse messages the upstream sent during
+	// its login, for the client before its ReadyForQuery; later are the
+	// asynchronous messages (notices, notifications) pgconn read after
+	// ReadyForQuery, for the client after it. Both are encoded.
+	notices, later []byte
 }
 
 // clientOnlyParams are startup parameters the proxy handles itself rather
@@ -49,8 +54,31 @@ func (s *Server) dialUpstream(ctx context.Context, database string, params map[s
 	if err := s.cfg.TokenSource.BeforeConnect(ctx, cfg); err != nil {
 		return nil, &upstreamError{stage: "getting an Entra token", err: err}
 	}
+	// What pgconn reads and would otherwise drop goes to the client:
+	// notices during the login, and anything the server sent right after
+	// its ReadyForQuery, which SyncConn reads before the hijack.
+	up := &upstream{user: cfg.User}
+	loggedIn := false
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		msg := noticeResponse(n)
+		if loggedIn {
+			up.later, _ = msg.Encode(up.later)
+		} else {
+			up.notices, _ = msg.Encode(up.notices)
+		}
+	}
+	cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) {
+		up.later, _ = (&pgproto3.NotificationResponse{PID: n.PID, Channel: n.Channel, Payload: n.Payload}).Encode(up.later)
+	}
 	pc, err := pgconn.ConnectConfig(ctx, &cfg.Config)
 	if err != nil {
+		return nil, &upstreamError{stage: "connecting to the upstream server", err: err}
+	}
+	loggedIn = true
+	// pgconn may have read past ReadyForQuery; SyncConn hands those
+	// messages to the callbacks above, as Hijack's doc requires.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(context.Background())
 		return nil, &upstreamError{stage: "connecting to the upstream server", err: err}
 	}
 	hc, err := pc.Hijack()
@@ -58,13 +86,19 @@ func (s *Server) dialUpstream(ctx context.Context, database string, params map[s
 		pc.Close(context.Background())
 		return nil, &upstreamError{stage: "taking over the upstream connection", err: err}
 	}
-	return &upstream{
-		conn:     hc.Conn,
-		params:   hc.ParameterStatuses,
-		txStatus: hc.TxStatus,
-		user:     cfg.User,
-		cancel:   newCancelTarget(hc),
-	}, nil
+	up.conn, up.params, up.txStatus, up.cancel = hc.Conn, hc.ParameterStatuses, hc.TxStatus, newCancelTarget(hc)
+	return up, nil
+}
+
+// noticeResponse turns a notice pgconn decoded back into the message.
+func noticeResponse(n *pgconn.Notice) *pgproto3.NoticeResponse {
+	return &pgproto3.NoticeResponse{
+		Severity: n.Severity, SeverityUnlocalized: n.SeverityUnlocalized, Code: n.Code, Message: n.Message,
+		Detail: n.Detail, Hint: n.Hint, Position: n.Position, InternalPosition: n.InternalPosition,
+		InternalQuery: n.InternalQuery, Where: n.Where, SchemaName: n.SchemaName, TableName: n.TableName,
+		ColumnName: n.ColumnName, DataTypeName: n.DataTypeName, ConstraintName: n.ConstraintName,
+		File: n.File, Line: n.Line, Routine: n.Routine,
+	}
 }
 
 // upstreamError is a failure to open an upstream session. It never holds
