@@ -70,11 +70,16 @@ func TestProxySession(t *testing.T) {
 	if got := conn.PgConn().ParameterStatus("server_version"); got == "" {
 		t.Error("no server_version parameter status")
 	}
-	// The client's key is the proxy's own, not the backend's.
-	if pid := queryString(t, conn, "select pg_backend_pid()::text"); pid == "" || conn.PgConn().PID() == 0 {
-		t.Error("no backend key")
-	} else if pid == itoa(conn.PgConn().PID()) {
-		t.Errorf("the client got the upstream backend's pid %s", pid)
+	// The client's key carries the backend's real process ID, so a
+	// client recognises its own notifications by their sender's PID.
+	if pid := queryString(t, conn, "select pg_backend_pid()::text"); pid != itoa(conn.PgConn().PID()) {
+		t.Errorf("the client's key has process ID %d; the backend's is %s", conn.PgConn().PID(), pid)
+	}
+	if _, err := conn.Exec(testCtx(t), "listen proxy_self; notify proxy_self, 'mine'"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := conn.WaitForNotification(testCtx(t)); err != nil || n.PID != conn.PgConn().PID() {
+		t.Errorf("own notification %+v, %v: sender PID differs from the session's %d", n, err, conn.PgConn().PID())
 	}
 	st := f.srv.Stats()
 	if st.Accepted != 1 || st.PlaintextPasswords != 0 {

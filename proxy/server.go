@@ -365,12 +365,12 @@ func (s *Server) serveSession(h *clientHello) {
 		return
 	}
 	defer up.conn.Close()
-	key, err := s.keys.add(up.cancel)
+	key, removeKey, err := s.keys.add(up.cancel)
 	if err != nil {
 		s.refuse(conn, w, id, err)
 		return
 	}
-	defer s.keys.remove(key.ProcessID)
+	defer removeKey()
 
 	buf := make([]byte, 0, 512)
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
