@@ -57,8 +57,11 @@ type Config struct {
 	// gets SQLSTATE 53300. Zero means no limit. Cancel requests do not
 	// count.
 	MaxConnections int
-	// StartupTimeout bounds a client's startup (TLS, startup message and
-	// local password). Default DefaultStartupTimeout.
+	// StartupTimeout bounds a client's own part of its startup (TLS, the
+	// startup message and the local password), and then again sending it
+	// the start of its session or the error. The wait for a token and the
+	// upstream login in between is ConnectTimeout's. Default
+	// DefaultStartupTimeout.
 	StartupTimeout time.Duration
 	// ConnectTimeout bounds getting a token and logging in upstream, and
 	// each forwarded cancel request. Default DefaultConnectTimeout.
@@ -357,9 +360,15 @@ func (s *Server) serveSession(h *clientHello) {
 	}
 	defer s.release()
 
+	// The token and the upstream login are bounded by ConnectTimeout, not
+	// by the client's startup deadline: a slow token (a device-code login,
+	// IMDS retries) must not cost the client its session, or its error.
+	_ = conn.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
 	up, err := s.dialUpstream(ctx, database, params)
 	cancel()
+	// The answer, a session or an error, gets a fresh deadline.
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	if err != nil {
 		s.refuse(conn, w, id, err)
 		return
@@ -381,10 +390,11 @@ func (s *Server) serveSession(h *clientHello) {
 	buf = append(buf, up.notices...)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
 	buf = append(buf, up.later...)
-	if _, err := w.Write(buf); err != nil {
-		return
+	if _, err := w.Write(buf); err == nil {
+		err = w.Flush()
 	}
-	if err := w.Flush(); err != nil {
+	if err != nil {
+		s.refuse(conn, nil, id, fmt.Errorf("sending the session's start to the client: %w", err))
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
