@@ -42,8 +42,16 @@ type Config struct {
 	// for every session. Required.
 	TokenSource *entraauth.TokenSource
 	// User, if set, is the upstream user of every session, whatever the
-	// client asks for. Empty: Upstream's user, else the token's principal.
+	// client asks for, even when it is the OS user's name (which pgx
+	// would otherwise fill in by itself). Empty: Upstream's user, else
+	// the token's principal.
 	User string
+	// StrictUser refuses a client whose user name is not the upstream
+	// user (User, Upstream's, or the token's principal), with SQLSTATE
+	// 28000 and a message naming the upstream user, as a server refuses
+	// a role that does not exist. False: the client's user name is
+	// ignored, and a one-line notice is logged when it differs.
+	StrictUser bool
 	// LocalPassword, if set, is a password every client must give (asked
 	// for in cleartext on the client's connection to the proxy) before the
 	// proxy logs in upstream, so other local users cannot borrow the
@@ -122,7 +130,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Upstream == "" {
 		return nil, errors.New("proxy: Config.Upstream is required")
 	}
-	base, err := pgx.ParseConfig(cfg.Upstream)
+	base, err := pgx.ParseConfig(withUser(cfg.Upstream, cfg.User))
 	if err != nil {
 		return nil, fmt.Errorf("proxy: Config.Upstream: %w", err)
 	}
@@ -365,7 +373,7 @@ func (s *Server) serveSession(h *clientHello) {
 	// IMDS retries) must not cost the client its session, or its error.
 	_ = conn.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
-	up, err := s.dialUpstream(ctx, database, params)
+	up, err := s.dialUpstream(ctx, clientUser, database, params)
 	cancel()
 	// The answer, a session or an error, gets a fresh deadline.
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
@@ -401,6 +409,10 @@ func (s *Server) serveSession(h *clientHello) {
 
 	s.opened.Add(1)
 	start := time.Now()
+	if clientUser != up.user {
+		s.log.Info("pgentra proxy: the client's user name is ignored; the session runs as the proxy's user (--strict-user refuses such clients)",
+			"session", id, "client_user", clientUser, "user", up.user)
+	}
 	s.log.Info("pgentra proxy: session opened", "session", id, "client", conn.RemoteAddr().String(),
 		"database", database, "user", up.user, "application_name", params["application_name"], "client_tls", h.tls)
 	toServer, toClient, err := relay(conn, up.conn)

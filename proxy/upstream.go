@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -28,16 +30,32 @@ type upstream struct {
 // than passing upstream.
 var clientOnlyParams = map[string]bool{"user": true, "database": true}
 
+// withUser names user in the connection string connString (a URL or
+// key/value), so the TokenSource sees a named user even when it is the
+// OS user's name, which pgx fills in when none is named. The last user
+// setting wins in both forms.
+func withUser(connString, user string) string {
+	if user == "" {
+		return connString
+	}
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		sep := "?"
+		if strings.Contains(connString, "?") {
+			sep = "&"
+		}
+		return connString + sep + "user=" + url.QueryEscape(user)
+	}
+	return connString + " user='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(user) + "'"
+}
+
 // dialUpstream logs in to the upstream server for a client, with a token
 // from the TokenSource, the client's database and startup parameters, and
-// the user the proxy is configured for (else the token's principal).
-func (s *Server) dialUpstream(ctx context.Context, database string, params map[string]string) (*upstream, error) {
+// the user the proxy is configured for: Config.User, named in s.base's
+// connection string, else Upstream's (or PGUSER's), else the token's
+// principal, which the TokenSource derives by the library's rules. With
+// StrictUser, a client naming another user is refused before the login.
+func (s *Server) dialUpstream(ctx context.Context, clientUser, database string, params map[string]string) (*upstream, error) {
 	cfg := s.base.Copy()
-	if s.cfg.User != "" {
-		cfg.User = s.cfg.User
-	}
-	// Otherwise the user is Upstream's (or PGUSER's) if it names one, else
-	// the TokenSource derives it from the token, by the library's rules.
 	if database != "" {
 		cfg.Database = database
 	}
@@ -53,6 +71,11 @@ func (s *Server) dialUpstream(ctx context.Context, database string, params map[s
 	cfg.RuntimeParams = rp
 	if err := s.cfg.TokenSource.BeforeConnect(ctx, cfg); err != nil {
 		return nil, &upstreamError{stage: "getting an Entra token", err: err}
+	}
+	if s.cfg.StrictUser && clientUser != cfg.User {
+		return nil, &clientError{code: "28000", // invalid_authorization_specification
+			msg:  fmt.Sprintf("pgentra proxy: user %q is not this proxy's user: sessions log in as %q", clientUser, cfg.User),
+			hint: fmt.Sprintf("Connect with user=%s, or run the proxy without --strict-user to ignore the client's user name.", cfg.User)}
 	}
 	// What pgconn reads and would otherwise drop goes to the client:
 	// notices during the login, and anything the server sent right after

@@ -22,10 +22,13 @@ password (DBeaver, DataGrip, pg_dump in cron, applications in any language)
 and logs each one in to the upstream server with a fresh Entra token over
 verified TLS, then relays the session. Clients connect with no password
 (or the local one) and any user name: the upstream user is the token's
-principal unless --user names one. Their database and startup parameters
+principal unless --user names one, and a client naming another user gets
+a session as that user all the same (a notice is logged), unless
+--strict-user refuses it. Their database and startup parameters
 (application_name, options, …) go upstream. Cancel requests work.
-SIGINT or SIGTERM stops accepting and lets sessions finish for
---shutdown-timeout.
+SIGINT or SIGTERM stops new sessions, goes on forwarding cancel requests,
+and lets sessions finish for --shutdown-timeout; a second signal closes
+them at once.
 
 Proxy flags:
   --upstream HOST[:PORT]    the server (default: --host, else the Service
@@ -36,6 +39,8 @@ Proxy flags:
   --allow-remote            allow a --listen address other than loopback: anyone
                             who can reach it acts as your identity
   --user NAME               upstream user (default: the token's principal)
+  --strict-user             refuse clients whose user name is not the upstream
+                            user (SQLSTATE 28000), instead of ignoring it
   --local-password-file F   clients must give the password in F (first line)
   --tls-cert F, --tls-key F offer TLS to clients with this certificate and key
   --max-connections N       at most N sessions at once (default 100; 0: no limit)
@@ -56,7 +61,7 @@ Examples:
 type proxyOptions struct {
 	upstream, listen, unixSocket, user, passwordFile string
 	tlsCert, tlsKey, sslmode, sslrootcert            string
-	allowRemote                                      bool
+	allowRemote, strictUser                          bool
 	maxConns                                         int
 	shutdownTimeout                                  time.Duration
 }
@@ -71,6 +76,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&po.unixSocket, "unix-socket", "", "")
 	fs.BoolVar(&po.allowRemote, "allow-remote", false, "")
 	fs.StringVar(&po.user, "user", "", "")
+	fs.BoolVar(&po.strictUser, "strict-user", false, "")
 	fs.StringVar(&po.passwordFile, "local-password-file", "", "")
 	fs.StringVar(&po.tlsCert, "tls-cert", "", "")
 	fs.StringVar(&po.tlsKey, "tls-key", "", "")
@@ -176,6 +182,7 @@ func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []ne
 		Upstream:       connString(kv...),
 		TokenSource:    t.ts,
 		User:           user,
+		StrictUser:     po.strictUser,
 		MaxConnections: po.maxConns,
 		ConnectTimeout: o.timeout,
 		Logger:         log,

@@ -452,3 +452,30 @@ func TestProxyPsqlBackendTerminated(t *testing.T) {
 	}
 	waitUntil(t, "the proxy to log the session's end", func() bool { return strings.Contains(p.stderr.String(), "session closed") })
 }
+
+// psql naming another user: by default it gets a session as the token's
+// principal and the proxy logs a notice; with --strict-user it is refused
+// with 28000 naming the principal, and naming the principal works.
+func TestProxyPsqlStrictUser(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	r := runCmd(t, p.env("postgres", "PGUSER=whoever"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("psql as another user: %+v", r)
+	}
+	waitUntil(t, "the notice", func() bool { return strings.Contains(p.stderr.String(), "client_user=whoever") })
+
+	s := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--strict-user")...)
+	// (psql does not print a login error's SQLSTATE; the proxy package's
+	// TestProxyStrictUser checks it is 28000.)
+	r = runCmd(t, s.env("postgres", "PGUSER=whoever"), "psql", "-X", "-c", "select 1")
+	if r.code != 2 || !strings.Contains(r.stderr, `FATAL:  pgentra proxy: user "whoever" is not this proxy's user`) || !strings.Contains(r.stderr, alice.UPN) {
+		t.Errorf("psql as another user with --strict-user: %+v; want a FATAL error naming %s", r, alice.UPN)
+	}
+	r = runCmd(t, s.env("postgres", "PGUSER="+alice.UPN), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("psql as the principal with --strict-user: %+v", r)
+	}
+}
