@@ -24,6 +24,15 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 )
 
+// MinStartupConnections is the least number of connections allowed in
+// startup at once when Config.MaxConnections is set.
+const MinStartupConnections = 10
+
+// startupLinger bounds how long a connection refused over the startup
+// limit is read from after its error is sent, so that closing it does not
+// reset the connection before the client has read the error.
+const startupLinger = 250 * time.Millisecond
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
 
@@ -62,8 +71,14 @@ type Config struct {
 	// available ('N') and talk to the proxy in plaintext.
 	TLSConfig *tls.Config
 	// MaxConnections limits the open sessions; a client over the limit
-	// gets SQLSTATE 53300. Zero means no limit. Cancel requests do not
-	// count.
+	// gets SQLSTATE 53300. It also limits the connections still in
+	// startup (before the local password is checked, or before a cancel
+	// request is read), to MaxConnections but at least
+	// MinStartupConnections, as PostgreSQL limits its children to a
+	// multiple of max_connections: a connection over that is answered
+	// with 53300 at once and closed, so silent connections cannot pile
+	// up. Zero means no limit on either. Cancel requests do not count as
+	// sessions.
 	MaxConnections int
 	// StartupTimeout bounds a client's own part of its startup (TLS, the
 	// startup message and the local password), and then again sending it
@@ -98,6 +113,7 @@ type Server struct {
 	conns     map[net.Conn]struct{} // every client connection being served
 	closed    bool
 	slots     int // open sessions, for MaxConnections
+	starting  int // connections in startup, for the startup limit
 	wg        sync.WaitGroup
 	idle      chan struct{} // closed and replaced when conns becomes empty
 
@@ -108,8 +124,12 @@ type Server struct {
 
 // Stats counts a Server's work.
 type Stats struct {
-	// Open is the number of sessions being relayed now.
+	// Open is the number of sessions being relayed now (or logging in
+	// upstream).
 	Open int
+	// Starting is the number of connections in startup: not yet past the
+	// local password, or not yet known to be a cancel request.
+	Starting int
 	// Opened counts sessions that logged in upstream.
 	Opened int64
 	// Failed counts clients whose startup or upstream login failed,
@@ -292,10 +312,10 @@ func (s *Server) closeConns() {
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	open := s.slots
+	open, starting := s.slots, s.starting
 	s.mu.Unlock()
 	return Stats{
-		Open: open, Opened: s.opened.Load(), Failed: s.failed.Load(),
+		Open: open, Starting: starting, Opened: s.opened.Load(), Failed: s.failed.Load(),
 		CancelsForwarded: s.cancelsForwarded.Load(), CancelsIgnored: s.cancelsIgnored.Load(),
 	}
 }
@@ -317,10 +337,61 @@ func (s *Server) release() {
 	s.mu.Unlock()
 }
 
+// startupLimit is the number of connections allowed in startup at once;
+// zero means no limit.
+func (s *Server) startupLimit() int {
+	if s.cfg.MaxConnections == 0 {
+		return 0
+	}
+	return max(s.cfg.MaxConnections, MinStartupConnections)
+}
+
+// enterStartup counts a new connection in startup; false when the startup
+// limit is reached. The returned func ends the count (once).
+func (s *Server) enterStartup() (leave func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit := s.startupLimit(); limit > 0 && s.starting >= limit {
+		return nil, false
+	}
+	s.starting++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.starting--
+			s.mu.Unlock()
+		})
+	}, true
+}
+
+// refuseTooMany answers a connection over the startup limit at once, as
+// PostgreSQL answers a client over its limit of children: 53300, without
+// reading its startup packet first. It then reads what the client sent,
+// briefly, so that closing does not reset the connection before the
+// client has read the error.
+func (s *Server) refuseTooMany(c net.Conn) {
+	s.failed.Add(1)
+	_ = c.SetDeadline(time.Now().Add(startupLinger))
+	_, _ = c.Write(errorResponse(nil, &clientError{code: "53300", msg: "sorry, too many clients already",
+		detail: fmt.Sprintf("pgentra proxy allows %d connections in startup at once (--max-connections).", s.startupLimit())}))
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, maxStartupLen))
+	s.log.Warn("pgentra proxy: session refused", "client", addrString(c.RemoteAddr()), "error", "too many connections in startup")
+}
+
 // serveConn serves one client connection: a cancel request, or a session.
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
+	leaveStartup, ok := s.enterStartup()
+	if !ok {
+		s.refuseTooMany(raw)
+		return
+	}
+	defer leaveStartup()
 	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	hello, err := readHello(raw, s.cfg.TLSConfig)
 	if err != nil {
@@ -328,16 +399,17 @@ func (s *Server) serveConn(raw net.Conn) {
 		return
 	}
 	if hello.cancel != nil {
+		leaveStartup()
 		_ = raw.SetDeadline(time.Time{})
 		s.forwardCancel(s.ctx, addrString(raw.RemoteAddr()), hello.cancel)
 		return
 	}
-	s.serveSession(hello)
+	s.serveSession(hello, leaveStartup)
 }
 
 // serveSession authenticates the client, logs in upstream, hands the
 // client the upstream's session state, and relays until either side ends.
-func (s *Server) serveSession(h *clientHello) {
+func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	id := s.nextID.Add(1)
 	conn := h.conn
 	if h.tls {
@@ -361,6 +433,7 @@ func (s *Server) serveSession(h *clientHello) {
 			return
 		}
 	}
+	leaveStartup()
 	if !s.acquire() {
 		s.refuse(conn, w, id, &clientError{code: "53300", msg: "sorry, too many clients already",
 			detail: fmt.Sprintf("pgentra proxy allows %d sessions (--max-connections).", s.cfg.MaxConnections)})
