@@ -333,22 +333,39 @@ func TestProxyMaxConnections(t *testing.T) {
 	connect(t, f.connString())
 }
 
-// Shutdown stops accepting, lets open sessions run to their end, and
-// returns when they have; with its context done, it closes them.
+// Shutdown refuses new sessions with 57P03 but goes on forwarding cancel
+// requests for the open sessions, lets them run to their end, returns
+// when they have and then closes the listeners; with its context done,
+// it closes the sessions.
 func TestProxyShutdown(t *testing.T) {
 	f := newFixture(t, Config{})
 	conn := connect(t, f.connString())
 	done := make(chan error, 1)
 	go func() { done <- f.proxy.Shutdown(context.Background()) }()
-	waitFor(t, "the listener to close", func() bool {
-		c, err := net.Dial("tcp", f.addr)
+	var pgErr *pgconn.PgError
+	waitFor(t, "new sessions to be refused", func() bool {
+		c, err := pgx.Connect(testCtx(t), f.connString())
 		if err == nil {
-			c.Close()
+			c.Close(testCtx(t))
 		}
-		return err != nil
+		return errors.As(err, &pgErr) && pgErr.Code == "57P03"
 	})
 	if got := queryString(t, conn, "select 'still here'"); got != "still here" {
 		t.Errorf("got %q", got)
+	}
+	// A cancel request during the grace period reaches the backend.
+	const sleep = "select pg_sleep(30) -- shutdown"
+	errc := make(chan error, 1)
+	go func() { _, err := conn.Exec(testCtx(t), sleep); errc <- err }()
+	f.waitQuery(t, sleep)
+	if err := conn.PgConn().CancelRequest(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("the query cancelled during shutdown ended with %v; want 57014", err)
+	}
+	if n := f.proxy.Stats().CancelsForwarded; n != 1 {
+		t.Errorf("%d cancel requests forwarded during shutdown; want 1", n)
 	}
 	select {
 	case err := <-done:
@@ -358,6 +375,10 @@ func TestProxyShutdown(t *testing.T) {
 	conn.Close(testCtx(t))
 	if err := <-done; err != nil {
 		t.Errorf("Shutdown: %v", err)
+	}
+	if c, err := net.Dial("tcp", f.addr); err == nil {
+		c.Close()
+		t.Error("the listener is still open after Shutdown returned")
 	}
 
 	g := newFixture(t, Config{})

@@ -24,6 +24,10 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 )
 
+// errShuttingDown answers a client asking for a session during Shutdown.
+var errShuttingDown = &clientError{code: "57P03", msg: "pgentra proxy is shutting down",
+	detail: "Open sessions may finish; no new ones are accepted."}
+
 // MinStartupConnections is the least number of connections allowed in
 // startup at once when Config.MaxConnections is set.
 const MinStartupConnections = 10
@@ -111,7 +115,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // every client connection being served
-	closed    bool
+	closed    bool // the listeners are closed
+	draining  bool // Shutdown was called: no new sessions
 	slots     int // open sessions, for MaxConnections
 	starting  int // connections in startup, for the startup limit
 	wg        sync.WaitGroup
@@ -183,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 // when Serve returns.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.draining {
 		s.mu.Unlock()
 		l.Close()
 		return ErrServerClosed
@@ -256,17 +261,23 @@ func (s *Server) untrack(c net.Conn) {
 	s.wg.Done()
 }
 
-// Shutdown stops accepting connections (closing the listeners), then
-// waits for open sessions to end on their own, or for ctx to end, when it
-// closes those left and returns ctx's error. New cancel requests for the
-// sessions still open are forwarded while it waits.
+// Shutdown stops new sessions, then waits for open sessions to end on
+// their own, or for ctx to end, when it closes those left and returns
+// ctx's error. While it waits, the listeners stay open, as PostgreSQL's
+// do in a smart shutdown: cancel requests for the open sessions are
+// still forwarded, and a client asking for a new session is refused with
+// SQLSTATE 57P03. The listeners close when it returns.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeListeners()
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	defer s.closeListeners()
 	for {
 		s.mu.Lock()
 		n, idle := len(s.conns), s.idle
 		s.mu.Unlock()
 		if n == 0 {
+			s.closeListeners()
 			s.wg.Wait()
 			s.cancel()
 			return nil
@@ -274,11 +285,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		select {
 		case <-idle:
 		case <-ctx.Done():
+			s.closeListeners()
 			s.closeConns()
 			s.wg.Wait()
 			return ctx.Err()
 		}
 	}
+}
+
+// isDraining reports whether Shutdown was called.
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
 }
 
 // Close stops accepting connections and closes every session at once.
@@ -398,6 +417,13 @@ func (s *Server) serveConn(raw net.Conn) {
 		s.refuse(raw, nil, 0, err)
 		return
 	}
+	if hello.cancel == nil && s.isDraining() {
+		s.refuse(hello.conn, nil, 0, errShuttingDown)
+		if hello.tls {
+			hello.conn.Close()
+		}
+		return
+	}
 	if hello.cancel != nil {
 		leaveStartup()
 		_ = raw.SetDeadline(time.Time{})
@@ -434,6 +460,10 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 		}
 	}
 	leaveStartup()
+	if s.isDraining() {
+		s.refuse(conn, w, id, errShuttingDown)
+		return
+	}
 	if !s.acquire() {
 		s.refuse(conn, w, id, &clientError{code: "53300", msg: "sorry, too many clients already",
 			detail: fmt.Sprintf("pgentra proxy allows %d sessions (--max-connections).", s.cfg.MaxConnections)})

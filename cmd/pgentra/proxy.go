@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgentra/entraauth/proxy"
@@ -90,6 +92,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if fs.NArg() > 0 {
 		return fail(stderr, "proxy", fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0)))
 	}
+	// Signals are counted here too: the first (which also ends ctx)
+	// starts the graceful shutdown, the second ends it at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	srv, listeners, err := po.start(&o, log)
 	if err != nil {
@@ -100,17 +107,35 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		log.Info("pgentra proxy: listening", "addr", l.Addr().String())
 		go func() { errc <- srv.Serve(l) }()
 	}
+	signals := 0
 	select {
 	case <-ctx.Done():
-		log.Info("pgentra proxy: shutting down", "open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
+	case <-sigs:
+		signals++
 	case err = <-errc:
 		log.Error("pgentra proxy: listener failed", "error", err.Error())
 	}
+	log.Info("pgentra proxy: shutting down: no new sessions; cancel requests are still forwarded; a second SIGINT or SIGTERM closes the sessions",
+		"open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), po.shutdownTimeout)
 	defer cancel()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		for signals < 2 {
+			select {
+			case <-sigs:
+				signals++
+			case <-stopped:
+				return
+			}
+		}
+		log.Info("pgentra proxy: second signal: closing the open sessions now")
+		cancel()
+	}()
 	code := exitOK
 	if serr := srv.Shutdown(sctx); serr != nil {
-		log.Warn("pgentra proxy: sessions still open at the shutdown timeout were closed", "error", serr.Error())
+		log.Warn("pgentra proxy: sessions still open were closed", "error", serr.Error())
 	}
 	if err != nil {
 		code = exitFail

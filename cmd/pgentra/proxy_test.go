@@ -381,9 +381,8 @@ func TestProxyGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "the proxy to start shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
-	if c, err := net.Dial("tcp", net.JoinHostPort(p.host, p.port)); err == nil {
-		c.Close()
-		t.Error("the proxy still accepts connections after SIGTERM")
+	if r := runCmd(t, p.env("postgres"), "psql", "-X", "-c", "select 1"); r.code != 2 || !strings.Contains(r.stderr, "pgentra proxy is shutting down") {
+		t.Errorf("a new session after SIGTERM: %+v; want it refused", r)
 	}
 	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "finished") {
 		t.Errorf("the session was cut: %v: %s", err, out.String())
@@ -477,5 +476,56 @@ func TestProxyPsqlStrictUser(t *testing.T) {
 	r = runCmd(t, s.env("postgres", "PGUSER="+alice.UPN), "psql", "-X", "-A", "-t", "-c", "select current_user")
 	if r.code != 0 || r.stdout != alice.UPN+"\n" {
 		t.Errorf("psql as the principal with --strict-user: %+v", r)
+	}
+}
+
+// During the grace period after SIGTERM, psql's Ctrl-C still cancels its
+// query through the proxy; a second SIGTERM then closes the sessions left
+// at once rather than after --shutdown-timeout.
+func TestProxyShutdownCancelAndSecondSignal(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--shutdown-timeout", "10m")...)
+	start := func(query string) (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command("psql", "-X", "-A", "-t", "-v", "VERBOSITY=verbose", "-c", query)
+		cmd.Env = p.env("postgres")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		f.waitActive(t, query)
+		return cmd, &out
+	}
+	cancelled, cout := start("select pg_sleep(60) -- cancelled")
+	left, lout := start("select pg_sleep(60) -- left")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the proxy to start shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
+	if err := cancelled.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := cancelled.Wait(); cancelled.ProcessState.ExitCode() != 1 || !strings.Contains(cout.String(), "57014") {
+		t.Errorf("psql's cancel during the grace period: %v: %s; want its query cancelled with 57014", err, cout.String())
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the proxy did not exit after a second SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d", code)
+	}
+	if err := left.Wait(); err == nil || left.ProcessState.ExitCode() != 2 {
+		t.Errorf("the session left open: %v: %s; want it closed", err, lout.String())
+	}
+	if !strings.Contains(p.stderr.String(), "second signal") {
+		t.Errorf("no line about the second signal: %s", p.stderr.String())
 	}
 }
