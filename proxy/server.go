@@ -115,10 +115,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // every client connection being served
-	closed    bool // the listeners are closed
-	draining  bool // Shutdown was called: no new sessions
-	slots     int // open sessions, for MaxConnections
-	starting  int // connections in startup, for the startup limit
+	closed    bool                  // the listeners are closed
+	draining  bool                  // Shutdown was called: no new sessions
+	slots     int                   // open sessions, for MaxConnections
+	starting  int                   // connections in startup, for the startup limit
 	wg        sync.WaitGroup
 	idle      chan struct{} // closed and replaced when conns becomes empty
 
