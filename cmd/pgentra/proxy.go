@@ -286,11 +286,7 @@ func (po *proxyOptions) listenAll() ([]net.Listener, error) {
 		if po.listen != "" {
 			_, port, _ = net.SplitHostPort(ls[0].Addr().String())
 		}
-		path := filepath.Join(po.unixSocket, ".s.PGSQL."+port)
-		removeStaleSocket(path)
-		// Created with mode 0600 under this umask: only this OS user can
-		// connect.
-		l, err := listenUnixPrivate(path)
+		l, err := listenUnixSocket(filepath.Join(po.unixSocket, ".s.PGSQL."+port))
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -298,20 +294,6 @@ func (po *proxyOptions) listenAll() ([]net.Listener, error) {
 		ls = append(ls, l)
 	}
 	return ls, nil
-}
-
-// removeStaleSocket removes a socket file nobody listens on, left by a
-// proxy that was killed.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return
-	}
-	_ = os.Remove(path)
 }
 
 // readPasswordFile reads the local password: the file's first line.
@@ -350,44 +332,3 @@ func connString(kv ...string) string {
 	}
 	return b.String()
 }
-
-// listenUnixPrivate listens on a unix socket at path that only this OS
-// user can connect to. The socket is made in a private directory, given
-// mode 0600, then moved into place, so it is never open to others.
-func listenUnixPrivate(path string) (net.Listener, error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".pgentra-proxy-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	l, err := net.Listen("unix", filepath.Join(tmp, "s"))
-	if err != nil {
-		return nil, err
-	}
-	ul := l.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return &unixListener{UnixListener: ul, path: path}, nil
-}
-
-// unixListener removes its socket file when closed.
-type unixListener struct {
-	*net.UnixListener
-	path string
-}
-
-func (l *unixListener) Close() error {
-	err := l.UnixListener.Close()
-	_ = os.Remove(l.path)
-	return err
-}
-
-// Addr reports the socket's final path.
-func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }

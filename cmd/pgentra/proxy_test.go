@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // proxyProc is a running "pgentra proxy".
@@ -528,4 +530,122 @@ func TestProxyShutdownCancelAndSecondSignal(t *testing.T) {
 	if !strings.Contains(p.stderr.String(), "second signal") {
 		t.Errorf("no line about the second signal: %s", p.stderr.String())
 	}
+}
+
+// --unix-socket never takes over a socket in use, and never deletes a
+// path it does not own: a PostgreSQL server's socket (found by its lock
+// file), another proxy's, a live socket without a lock file and a file
+// that is not a socket are refused, and left as they were; a dead
+// process's lock and socket are taken over, and removed at exit.
+func TestProxyUnixSocketLock(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	env := childEnv(pathWith(az.Dir()))
+	refused := func(t *testing.T, want string, args ...string) {
+		t.Helper()
+		r := pgentra(t, env, append([]string{"proxy"}, f.proxyArgs(args...)...)...)
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("pgentra proxy %q: %+v; want exit status 1 and %q", args, r, want)
+		}
+	}
+	sameFile := func(t *testing.T, path string, before os.FileInfo) {
+		t.Helper()
+		after, err := os.Lstat(path)
+		if err != nil || !os.SameFile(before, after) {
+			t.Errorf("%s was replaced or removed: %v", path, err)
+		}
+	}
+
+	t.Run("PostgreSQL", func(t *testing.T) {
+		sock := filepath.Join(f.pg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", f.pg.Port))
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another loopback address, so the TCP port (which names the
+		// socket) is free.
+		refused(t, "PostgreSQL server (PID", "--listen", fmt.Sprintf("127.0.0.2:%d", f.pg.Port), "--unix-socket", f.pg.SocketDir)
+		sameFile(t, sock, before)
+		conn, err := pgx.Connect(context.Background(), f.pg.AdminConnString())
+		if err != nil {
+			t.Fatalf("PostgreSQL's socket no longer works: %v", err)
+		}
+		conn.Close(context.Background())
+	})
+
+	t.Run("another proxy", func(t *testing.T) {
+		dir := t.TempDir()
+		startProxyCmd(t, env, f.proxyArgs("--listen=", "--unix-socket", dir)...)
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused(t, "lock file", "--listen=", "--unix-socket", dir)
+		sameFile(t, sock, before)
+		r := runCmd(t, childEnv("PGHOST="+dir, "PGPORT=5432", "PGDATABASE=postgres"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+		if r.code != 0 || r.stdout != alice.UPN+"\n" {
+			t.Errorf("the first proxy's socket after the second was refused: %+v", r)
+		}
+	})
+
+	t.Run("live socket without a lock file", func(t *testing.T) {
+		dir := t.TempDir()
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		before, _ := os.Lstat(sock)
+		refused(t, "already listens", "--listen=", "--unix-socket", dir)
+		sameFile(t, sock, before)
+	})
+
+	t.Run("not a socket", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, ".s.PGSQL.5432")
+		if err := os.WriteFile(path, []byte("mine"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.Lstat(path)
+		refused(t, "not a socket", "--listen=", "--unix-socket", dir)
+		sameFile(t, path, before)
+	})
+
+	t.Run("stale", func(t *testing.T) {
+		dir := t.TempDir()
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		// A dead process's lock file and socket.
+		dead := exec.Command("true")
+		if err := dead.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(sock+".lock", []byte(fmt.Sprintf("%d\n", dead.Process.Pid)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		p := startProxyCmd(t, env, f.proxyArgs("--listen=", "--unix-socket", dir)...)
+		r := runCmd(t, childEnv("PGHOST="+dir, "PGPORT=5432", "PGDATABASE=postgres"), "psql", "-X", "-A", "-t", "-c", "select 1")
+		if r.code != 0 {
+			t.Errorf("psql over the taken-over socket: %+v", r)
+		}
+		if pid, err := os.ReadFile(sock + ".lock"); err != nil || !strings.HasPrefix(string(pid), fmt.Sprintf("%d\n", p.cmd.Process.Pid)) {
+			t.Errorf("lock file %q, %v; want the proxy's PID", pid, err)
+		}
+		if code := p.stop(t); code != 0 {
+			t.Errorf("exit status %d", code)
+		}
+		for _, path := range []string{sock, sock + ".lock"} {
+			if _, err := os.Lstat(path); !os.IsNotExist(err) {
+				t.Errorf("%s left after exit: %v", path, err)
+			}
+		}
+	})
 }
