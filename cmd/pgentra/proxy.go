@@ -37,7 +37,9 @@ Proxy flags:
                             Connector host; port 5432)
   --listen ADDR             TCP address to listen on (default 127.0.0.1:5432;
                             "" for none); loopback only unless --allow-remote
-  --unix-socket DIR         also listen on DIR/.s.PGSQL.<port> (mode 0600)
+  --unix-socket DIR         also listen on DIR/.s.PGSQL.<port> (mode 0600), with
+                            a lock file as PostgreSQL keeps; a socket in use
+                            is refused, never replaced
   --allow-remote            allow a --listen address other than loopback: anyone
                             who can reach it acts as your identity
   --user NAME               upstream user (default: the token's principal)
@@ -45,12 +47,14 @@ Proxy flags:
                             user (SQLSTATE 28000), instead of ignoring it
   --local-password-file F   clients must give the password in F (first line)
   --tls-cert F, --tls-key F offer TLS to clients with this certificate and key
-  --max-connections N       at most N sessions at once (default 100; 0: no limit)
+  --max-connections N       at most N sessions at once, and N (at least 10)
+                            connections in startup (default 100; 0: no limit)
   --sslmode MODE            TLS to the upstream: verify-full (default), verify-ca,
                             require
   --sslrootcert F           CA file for the upstream's certificate (default: the
                             system's CA bundle)
-  --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default 30s)
+  --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default
+                            30s); a second signal closes them at once
 
 Examples:
   pgentra proxy --upstream mysrv.postgres.database.azure.com
