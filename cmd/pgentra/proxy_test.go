@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -501,8 +502,12 @@ func TestProxyShutdownCancelAndSecondSignal(t *testing.T) {
 		f.waitActive(t, query)
 		return cmd, &out
 	}
-	cancelled, cout := start("select pg_sleep(60) -- cancelled")
-	left, lout := start("select pg_sleep(60) -- left")
+	// The backend of the session closed at the end sleeps on (PostgreSQL
+	// notices a lost client only when the query ends), so each run's
+	// queries are told apart.
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	cancelled, cout := start("select pg_sleep(60) -- cancelled " + run)
+	left, lout := start("select pg_sleep(60) -- left " + run)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
