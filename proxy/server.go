@@ -501,7 +501,8 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	buf = append(buf, up.notices...)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
 	buf = append(buf, up.later...)
-	if _, err := w.Write(buf); err == nil {
+	_, err = w.Write(buf)
+	if err == nil {
 		err = w.Flush()
 	}
 	if err != nil {
