@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -384,12 +385,23 @@ func (s *Server) enterStartup() (leave func(), ok bool) {
 	}, true
 }
 
-// refuseTooMany answers a connection over the startup limit at once, as
-// PostgreSQL answers a client over its limit of children: 53300, without
-// reading its startup packet first. It then reads what the client sent,
-// briefly, so that closing does not reset the connection before the
-// client has read the error.
+// refuseTooMany answers a connection over the startup limit with 53300
+// (after its first packet, or at once if none comes within
+// startupLinger), as PostgreSQL answers a client over its limit of
+// children. A cancel request is still forwarded, as PostgreSQL does: it
+// is what a client needs most when the proxy is flooded. After the error
+// it reads what the client sent, briefly, so that closing does not reset
+// the connection before the client has read the error.
 func (s *Server) refuseTooMany(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(startupLinger))
+	if body, err := readStartupPacket(c); err == nil && binary.BigEndian.Uint32(body) == codeCancelRequest {
+		var req pgproto3.CancelRequest
+		if req.Decode(body) == nil {
+			_ = c.SetDeadline(time.Time{})
+			s.forwardCancel(s.ctx, addrString(c.RemoteAddr()), &req)
+			return
+		}
+	}
 	s.failed.Add(1)
 	_ = c.SetDeadline(time.Now().Add(startupLinger))
 	_, _ = c.Write(errorResponse(nil, &clientError{code: "53300", msg: "sorry, too many clients already",
