@@ -654,3 +654,36 @@ func TestProxyUnixSocketLock(t *testing.T) {
 		}
 	})
 }
+
+// psql whose session the server ends for idle_session_timeout reports
+// the same as directly: the FATAL message and the lost connection, at
+// once, with exit status 2.
+func TestProxyPsqlIdleSessionTimeout(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	script := "set idle_session_timeout = '300ms';\n\\! sleep 1\nselect 'after';\n"
+	run := func(env []string, args ...string) result {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "psql", append([]string{"-X", "-A", "-t"}, args...)...)
+		cmd.Env = env
+		cmd.Stdin = strings.NewReader(script)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		_ = cmd.Run()
+		if ctx.Err() != nil {
+			t.Fatalf("psql hung: %s", stderr.String())
+		}
+		return result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+	}
+	direct := run(childEnv(), f.pg.AdminConnString())
+	proxied := run(p.env("postgres"))
+	if direct.code != 2 || !strings.Contains(direct.stderr, "idle-session timeout") {
+		t.Fatalf("directly: %+v", direct)
+	}
+	if proxied.code != direct.code || proxied.stderr != direct.stderr || proxied.stdout != direct.stdout {
+		t.Errorf("through the proxy: %+v\ndirectly: %+v", proxied, direct)
+	}
+}
