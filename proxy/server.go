@@ -541,12 +541,14 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 }
 
 // refuse tells a client why it gets no session, with an ErrorResponse
-// (unless the connection itself failed), and logs one line.
+// (unless the connection itself failed, or its startup did: a
+// session's id is zero until its startup message is read), and logs one
+// line.
 func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 	s.failed.Add(1)
 	var ce *clientError
 	var ue *upstreamError
-	if errors.As(err, &ce) || errors.As(err, &ue) {
+	if errors.As(err, &ce) || errors.As(err, &ue) || (id != 0 && !connFailed(err)) {
 		if w == nil {
 			w = bufio.NewWriter(conn)
 		}
@@ -562,6 +564,13 @@ func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 		level = slog.LevelDebug // a client (or a port probe) that left before its startup message
 	}
 	s.log.Log(context.Background(), level, "pgentra proxy: session refused", attrs...)
+}
+
+// connFailed reports errors of the client connection itself, after which
+// nothing can be sent to it.
+func connFailed(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne)
 }
 
 // addrString prints a client address; a unix socket's peer has none.
