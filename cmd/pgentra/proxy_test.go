@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -685,5 +686,25 @@ func TestProxyPsqlIdleSessionTimeout(t *testing.T) {
 	}
 	if proxied.code != direct.code || proxied.stderr != direct.stderr || proxied.stdout != direct.stdout {
 		t.Errorf("through the proxy: %+v\ndirectly: %+v", proxied, direct)
+	}
+}
+
+// --user is the upstream user even when it is the OS user's name, which
+// pgx fills in by itself when no user is named (issue 11 item 8).
+func TestProxyUserIsOSUser(t *testing.T) {
+	needPsql(t)
+	me, err := user.Current()
+	if err != nil {
+		t.Skip(err)
+	}
+	f := newFixture(t)
+	if err := f.srv.AddRole(context.Background(), me.Username, alice.ObjectID); err != nil {
+		t.Skip(err) // the OS user is the backend's admin
+	}
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--user", me.Username)...)
+	r := runCmd(t, p.env("postgres"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != me.Username+"\n" {
+		t.Errorf("psql through pgentra proxy --user %s: %+v; want current_user %s", me.Username, r, me.Username)
 	}
 }
