@@ -1,13 +1,16 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -145,4 +148,78 @@ func TestProxyClientTerminate(t *testing.T) {
 	waitFor(t, "the session to close", func() bool {
 		return f.proxy.Stats().Open == 0 && strings.Contains(f.logs.String(), "session closed")
 	})
+}
+
+// readRecorder records the error of the last Read on a connection.
+type readRecorder struct {
+	net.Conn
+	mu  sync.Mutex
+	err error
+}
+
+func (c *readRecorder) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *readRecorder) lastErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// pgx cancelling a query with its context sends a cancel request, then
+// Terminate, and waits for the server to close the connection: the proxy
+// closes it at once, so pgx's cleanup ends on EOF, not on its 15-second
+// deadline ("Connection cleanup exceeded maximum time" in pgx's tests).
+func TestProxyPgxContextCancelCleanup(t *testing.T) {
+	f := newFixture(t, Config{})
+	cfg, err := pgx.ParseConfig(f.connString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The session's connection is the first dialled; pgx dials again for
+	// each cancel request.
+	var recs []*readRecorder
+	var mu sync.Mutex
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		recs = append(recs, &readRecorder{Conn: c})
+		return recs[len(recs)-1], nil
+	}
+	conn, err := pgx.ConnectConfig(testCtx(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	const sleep = "select pg_sleep(30) -- pgx context cancel"
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := conn.Exec(ctx, sleep); errc <- err }()
+	f.waitQuery(t, sleep)
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("the query was not interrupted")
+	}
+	select {
+	case <-conn.PgConn().CleanupDone():
+	case <-time.After(time.Minute):
+		t.Fatal("pgx's cleanup did not end")
+	}
+	mu.Lock()
+	rec := recs[0]
+	mu.Unlock()
+	if err := rec.lastErr(); !errors.Is(err, io.EOF) {
+		t.Errorf("pgx's cleanup ended with %v; want EOF (the proxy closing the connection)", err)
+	}
+	waitFor(t, "the session to close", func() bool { return f.proxy.Stats().Open == 0 })
 }
