@@ -486,10 +486,20 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	// The token and the upstream login are bounded by ConnectTimeout, not
 	// by the client's startup deadline: a slow token (a device-code login,
 	// IMDS retries) must not cost the client its session, or its error.
+	// A client that leaves meanwhile ends the wait.
 	_ = conn.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
+	stopWatch := watchClient(conn, cancel)
 	up, err := s.dialUpstream(ctx, clientUser, database, params)
+	early, left := stopWatch()
 	cancel()
+	if left != nil {
+		if up != nil {
+			up.conn.Close()
+		}
+		s.refuse(conn, nil, id, fmt.Errorf("the client left while its session was being opened: %w", left))
+		return
+	}
 	// The answer, a session or an error, gets a fresh deadline.
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	if err != nil {
@@ -522,6 +532,13 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	if len(early) > 0 {
+		// Sent by the client before its session started: it goes first.
+		if _, err := up.conn.Write(early); err != nil {
+			s.refuse(conn, nil, id, fmt.Errorf("relaying to the upstream server: %w", err))
+			return
+		}
+	}
 
 	s.opened.Add(1)
 	start := time.Now()
@@ -538,6 +555,38 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 		attrs = append(attrs, "error", oneLine(err.Error()))
 	}
 	s.log.Info("pgentra proxy: session closed", attrs...)
+}
+
+// watchClient watches a client waiting for its session to open and calls
+// cancel if the client leaves (its connection ends). stop ends the watch;
+// it returns what the client sent meanwhile, if anything, to go upstream
+// first, or the error with which the client's connection ended.
+func watchClient(conn net.Conn, cancel context.CancelFunc) (stop func() (early []byte, left error)) {
+	var b [1]byte
+	var n int
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n, err = conn.Read(b[:])
+		if n == 0 {
+			cancel()
+		}
+	}()
+	return func() ([]byte, error) {
+		_ = conn.SetReadDeadline(time.Unix(1, 0)) // ends the Read
+		<-done
+		_ = conn.SetReadDeadline(time.Time{})
+		var ne net.Error
+		switch {
+		case n > 0:
+			return b[:n], nil
+		case errors.As(err, &ne) && ne.Timeout():
+			return nil, nil
+		default:
+			return nil, err
+		}
+	}
 }
 
 // refuse tells a client why it gets no session, with an ErrorResponse

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // The client's startup deadline bounds its own part of the startup, not
@@ -42,4 +44,34 @@ func TestProxySlowToken(t *testing.T) {
 			t.Errorf("stats %+v; want one failure", s)
 		}
 	})
+}
+
+// A client that leaves while the proxy waits for a token ends the wait:
+// its slot is freed at once and nothing logs in upstream for it.
+func TestProxyClientLeavesDuringTokenWait(t *testing.T) {
+	f := newFixture(t, Config{MaxConnections: 1, ConnectTimeout: 5 * time.Minute})
+	f.cred.Hang(true)
+	defer f.cred.Hang(false)
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "x", "database": "postgres"}}).Encode(nil)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the session to wait for its token", func() bool { return f.proxy.Stats().Open == 1 })
+	c.Close()
+	waitFor(t, "the slot to be freed while the credential still hangs", func() bool { return f.proxy.Stats().Open == 0 })
+	// Freed because the client left, not because the token fetch timed out.
+	if logs := f.logs.String(); !strings.Contains(logs, "the client left") {
+		t.Errorf("the session ended without noticing the client left: %s", logs)
+	}
+	f.cred.Hang(false)
+	conn := connect(t, f.connString())
+	queryString(t, conn, "select 1")
+	if st := f.srv.Stats(); st.Accepted != 1 {
+		t.Errorf("upstream logins %d; want 1, for the second client only", st.Accepted)
+	}
 }
