@@ -75,3 +75,43 @@ func TestProxyClientLeavesDuringTokenWait(t *testing.T) {
 		t.Errorf("upstream logins %d; want 1, for the second client only", st.Accepted)
 	}
 }
+
+// A client that sends its first query right behind its startup message,
+// before its session has started, gets it run: what the proxy read while
+// watching the client goes upstream first, in order.
+func TestProxyQueryBeforeSessionStart(t *testing.T) {
+	f := newFixture(t, Config{})
+	f.cred.SetLatency(500 * time.Millisecond)
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "x", "database": "postgres"}}).Encode(nil)
+	msg, _ = (&pgproto3.Query{String: "select 'early'"}).Encode(msg)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	fe := pgproto3.NewFrontend(c, c)
+	var got []string
+	readies := 0
+	for readies < 2 {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.ReadyForQuery:
+			readies++
+		case *pgproto3.DataRow:
+			got = append(got, string(m.Values[0]))
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %s", m.Message)
+		}
+	}
+	if len(got) != 1 || got[0] != "early" {
+		t.Errorf("rows %q; want the early query's", got)
+	}
+}
