@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -29,6 +30,10 @@ func shortPkg(pkg string) string {
 	}
 	return strings.TrimPrefix(pkg, pgxModule+"/")
 }
+
+// tempNames matches the temporary directories (t.TempDir) some subtests
+// put in their names, which differ from run to run.
+var tempNames = regexp.MustCompile(`/[^/]*?Test[A-Za-z0-9_]*?[0-9]{4,}/[0-9]{3}`)
 
 // suiteRun is what one `go test -json` run reported.
 type suiteRun struct {
@@ -59,7 +64,7 @@ func parseTestJSON(r io.Reader) (*suiteRun, error) {
 			run.output[testID{Pkg: "?"}] = append(run.output[testID{Pkg: "?"}], string(line))
 			continue
 		}
-		id := testID{Pkg: shortPkg(ev.Package), Name: ev.Test}
+		id := testID{Pkg: shortPkg(ev.Package), Name: tempNames.ReplaceAllString(ev.Test, "$${TMP}")}
 		switch ev.Action {
 		case "output":
 			run.output[id] = append(run.output[id], strings.TrimRight(ev.Output, "\n"))
