@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -93,59 +94,67 @@ func (t *cancelTarget) send(ctx context.Context) error {
 }
 
 // cancelKeys maps the BackendKeyData the proxy gave its clients to their
-// upstream sessions. Clients never see the upstream's keys.
+// upstream sessions. A client's key carries its upstream backend's real
+// process ID, which clients compare with a notification's sender PID
+// (psycopg's notify.pid, node-postgres's processID, pgx's PID()), and a
+// secret of the proxy's own: clients never see the upstream's secret.
+// Sessions on different upstream servers may share a process ID, so a
+// key is the pair, and a new secret is drawn until the pair is unique.
 type cancelKeys struct {
 	mu   sync.Mutex
-	keys map[uint32]cancelEntry
+	keys map[uint32][]*cancelEntry // by process ID
 }
 
+// cancelEntry is one session's client-facing secret and upstream.
 type cancelEntry struct {
 	secret [4]byte
 	target *cancelTarget
 }
 
-// add gives a session its client-facing key: a random process ID unique
-// among open sessions and a random 4-byte secret.
-func (k *cancelKeys) add(t *cancelTarget) (*pgproto3.BackendKeyData, error) {
-	var b [8]byte
+// add gives a session its client-facing key: the upstream's process ID
+// and a random 4-byte secret no other open session with that process ID
+// has. remove forgets it.
+func (k *cancelKeys) add(t *cancelTarget) (key *pgproto3.BackendKeyData, remove func(), err error) {
+	e := &cancelEntry{target: t}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.keys == nil {
-		k.keys = make(map[uint32]cancelEntry)
+		k.keys = make(map[uint32][]*cancelEntry)
 	}
-	for {
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, err
+	same := k.keys[t.pid]
+	for taken := true; taken; {
+		if _, err := rand.Read(e.secret[:]); err != nil {
+			return nil, nil, err
 		}
-		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // libpq reads it as an int
-		if _, taken := k.keys[pid]; pid == 0 || taken {
-			continue
-		}
-		var e cancelEntry
-		copy(e.secret[:], b[4:])
-		e.target = t
-		k.keys[pid] = e
-		return &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: e.secret[:]}, nil
+		taken = slices.ContainsFunc(same, func(o *cancelEntry) bool { return o.secret == e.secret })
 	}
-}
-
-// remove forgets a closed session's key.
-func (k *cancelKeys) remove(pid uint32) {
-	k.mu.Lock()
-	delete(k.keys, pid)
-	k.mu.Unlock()
+	k.keys[t.pid] = append(same, e)
+	remove = func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		rest := slices.DeleteFunc(k.keys[t.pid], func(o *cancelEntry) bool { return o == e })
+		if len(rest) == 0 {
+			delete(k.keys, t.pid)
+		} else {
+			k.keys[t.pid] = rest
+		}
+	}
+	return &pgproto3.BackendKeyData{ProcessID: t.pid, SecretKey: e.secret[:]}, remove, nil
 }
 
 // lookup returns the upstream session of a client's cancel request, or nil
-// when the key matches no open session.
+// when the key matches no open session. Secrets are compared in constant
+// time.
 func (k *cancelKeys) lookup(req *pgproto3.CancelRequest) *cancelTarget {
 	k.mu.Lock()
-	e, ok := k.keys[req.ProcessID]
-	k.mu.Unlock()
-	if !ok || subtle.ConstantTimeCompare(e.secret[:], req.SecretKey) != 1 {
-		return nil
+	defer k.mu.Unlock()
+	var found *cancelTarget
+	for _, e := range k.keys[req.ProcessID] {
+		if subtle.ConstantTimeCompare(e.secret[:], req.SecretKey) == 1 {
+			found = e.target
+		}
 	}
-	return e.target
+	return found
 }
 
 // forwardCancel handles a client's CancelRequest: it reaches the upstream

@@ -13,14 +13,15 @@
 // or the upstream connection string names one), the client's database and
 // startup parameters (application_name, options, …), and the upstream
 // connection string's TLS settings (verify-full recommended). It then hands
-// the client AuthenticationOk, the upstream's ParameterStatus messages, a
-// BackendKeyData of its own and ReadyForQuery, and relays bytes both ways
-// until either side ends.
+// the client AuthenticationOk, the upstream's ParameterStatus messages
+// and notices, a BackendKeyData and ReadyForQuery, and relays bytes both
+// ways until either side ends, when it closes both.
 //
-// Cancel requests work: each session's client gets a random process ID
-// and secret, which the proxy maps to the upstream backend's key, so a
-// CancelRequest reaches the right backend, over TLS when the session used
-// TLS. A failure to open the upstream session (credential, TLS, login)
+// Cancel requests work: each session's client gets a key with the
+// upstream backend's real process ID (so clients can recognise their own
+// notifications) and a random secret of the proxy's own, which the proxy
+// maps to the upstream backend's key, so a CancelRequest reaches the right
+// backend, over TLS when the session used TLS. A failure to open the upstream session (credential, TLS, login)
 // reaches the client as an ErrorResponse with the reason.
 //
 // The token never appears in a log line or an error. Anyone who can

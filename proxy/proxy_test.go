@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"io"
 	"math/big"
 	"net"
 	"strings"
@@ -68,11 +70,16 @@ func TestProxySession(t *testing.T) {
 	if got := conn.PgConn().ParameterStatus("server_version"); got == "" {
 		t.Error("no server_version parameter status")
 	}
-	// The client's key is the proxy's own, not the backend's.
-	if pid := queryString(t, conn, "select pg_backend_pid()::text"); pid == "" || conn.PgConn().PID() == 0 {
-		t.Error("no backend key")
-	} else if pid == itoa(conn.PgConn().PID()) {
-		t.Errorf("the client got the upstream backend's pid %s", pid)
+	// The client's key carries the backend's real process ID, so a
+	// client recognises its own notifications by their sender's PID.
+	if pid := queryString(t, conn, "select pg_backend_pid()::text"); pid != itoa(conn.PgConn().PID()) {
+		t.Errorf("the client's key has process ID %d; the backend's is %s", conn.PgConn().PID(), pid)
+	}
+	if _, err := conn.Exec(testCtx(t), "listen proxy_self; notify proxy_self, 'mine'"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := conn.WaitForNotification(testCtx(t)); err != nil || n.PID != conn.PgConn().PID() {
+		t.Errorf("own notification %+v, %v: sender PID differs from the session's %d", n, err, conn.PgConn().PID())
 	}
 	st := f.srv.Stats()
 	if st.Accepted != 1 || st.PlaintextPasswords != 0 {
@@ -326,22 +333,39 @@ func TestProxyMaxConnections(t *testing.T) {
 	connect(t, f.connString())
 }
 
-// Shutdown stops accepting, lets open sessions run to their end, and
-// returns when they have; with its context done, it closes them.
+// Shutdown refuses new sessions with 57P03 but goes on forwarding cancel
+// requests for the open sessions, lets them run to their end, returns
+// when they have and then closes the listeners; with its context done,
+// it closes the sessions.
 func TestProxyShutdown(t *testing.T) {
 	f := newFixture(t, Config{})
 	conn := connect(t, f.connString())
 	done := make(chan error, 1)
 	go func() { done <- f.proxy.Shutdown(context.Background()) }()
-	waitFor(t, "the listener to close", func() bool {
-		c, err := net.Dial("tcp", f.addr)
+	var pgErr *pgconn.PgError
+	waitFor(t, "new sessions to be refused", func() bool {
+		c, err := pgx.Connect(testCtx(t), f.connString())
 		if err == nil {
-			c.Close()
+			c.Close(testCtx(t))
 		}
-		return err != nil
+		return errors.As(err, &pgErr) && pgErr.Code == "57P03"
 	})
 	if got := queryString(t, conn, "select 'still here'"); got != "still here" {
 		t.Errorf("got %q", got)
+	}
+	// A cancel request during the grace period reaches the backend.
+	const sleep = "select pg_sleep(30) -- shutdown"
+	errc := make(chan error, 1)
+	go func() { _, err := conn.Exec(testCtx(t), sleep); errc <- err }()
+	f.waitQuery(t, sleep)
+	if err := conn.PgConn().CancelRequest(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("the query cancelled during shutdown ended with %v; want 57014", err)
+	}
+	if n := f.proxy.Stats().CancelsForwarded; n != 1 {
+		t.Errorf("%d cancel requests forwarded during shutdown; want 1", n)
 	}
 	select {
 	case err := <-done:
@@ -351,6 +375,10 @@ func TestProxyShutdown(t *testing.T) {
 	conn.Close(testCtx(t))
 	if err := <-done; err != nil {
 		t.Errorf("Shutdown: %v", err)
+	}
+	if c, err := net.Dial("tcp", f.addr); err == nil {
+		c.Close()
+		t.Error("the listener is still open after Shutdown returned")
 	}
 
 	g := newFixture(t, Config{})
@@ -407,6 +435,8 @@ func TestProxyClientTLS(t *testing.T) {
 
 // A client asking for protocol 3.2 and protocol options is told 3.0 and
 // which options were not recognized, as PostgreSQL does, then logged in.
+// The version on the wire is the full 3.0 (0x00030000), as PostgreSQL
+// sends it: libpq 18 refuses anything lower as a downgrade below 3.0.
 func TestProxyProtocolNegotiation(t *testing.T) {
 	f := newFixture(t, Config{})
 	c, err := net.Dial("tcp", f.addr)
@@ -414,11 +444,39 @@ func TestProxyProtocolNegotiation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	msg, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion32,
+		Parameters: map[string]string{"user": "x", "database": "postgres", "_pq_.test_option": "on"}}).Encode(nil)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	// 'v', length 4+4+4+len("_pq_.test_option\x00"), version, one option.
+	want := append([]byte{'v', 0, 0, 0, 29, 0, 3, 0, 0, 0, 0, 0, 1}, "_pq_.test_option\x00"...)
+	got := make([]byte, len(want))
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("NegotiateProtocolVersion on the wire: % x; want % x", got, want)
+	}
+	// The login goes on after it.
 	fe := pgproto3.NewFrontend(c, c)
-	msgs := startupThrough(t, fe, pgproto3.ProtocolVersion32, map[string]string{"user": "x", "database": "postgres", "_pq_.test_option": "on"})
-	npv, ok := msgs[0].(*pgproto3.NegotiateProtocolVersion)
-	if !ok || npv.NewestMinorProtocol != 0 || len(npv.UnrecognizedOptions) != 1 || npv.UnrecognizedOptions[0] != "_pq_.test_option" {
-		t.Errorf("first message %#v; want NegotiateProtocolVersion for 3.0 declining _pq_.test_option", msgs[0])
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if er, ok := m.(*pgproto3.ErrorResponse); ok {
+			t.Fatal(er.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	// pgx asking for 3.2 accepts the answer and works at 3.0.
+	conn := connect(t, f.connString("max_protocol_version=3.2", "min_protocol_version=3.0"))
+	if got := queryString(t, conn, "select 'ok'"); got != "ok" {
+		t.Errorf("got %q", got)
 	}
 }
 

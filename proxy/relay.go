@@ -14,17 +14,24 @@ const relayBufSize = 32 << 10
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // relay copies bytes both ways between client and server until either
-// side closes or fails, then closes both. It returns the bytes sent each
-// way and the first error that was not a normal end of session.
+// side closes or fails, then closes both at once: a client's Terminate
+// reaches the server, which closes, and a server ending the session
+// (pg_terminate_backend, idle_session_timeout, a restart) has its last
+// message relayed and then the client's connection closed, as a direct
+// connection would be. It returns the bytes sent each way and the first
+// error that was not a normal end of session.
 func relay(client, server net.Conn) (toServer, toClient int64, err error) {
 	errc := make(chan error, 1)
 	go func() {
 		var err error
 		toClient, err = copyConn(client, server)
+		// The server ended: closing both ends the other copy.
+		client.Close()
+		server.Close()
 		errc <- err
 	}()
 	toServer, err = copyConn(server, client)
-	// One side ended: closing both ends the other copy.
+	// The client ended: closing both ends the other copy.
 	client.Close()
 	server.Close()
 	err2 := <-errc

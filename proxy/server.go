@@ -24,6 +24,19 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 )
 
+// errShuttingDown answers a client asking for a session during Shutdown.
+var errShuttingDown = &clientError{code: "57P03", msg: "pgentra proxy is shutting down",
+	detail: "Open sessions may finish; no new ones are accepted."}
+
+// MinStartupConnections is the least number of connections allowed in
+// startup at once when Config.MaxConnections is set.
+const MinStartupConnections = 10
+
+// startupLinger bounds how long a connection refused over the startup
+// limit is read from after its error is sent, so that closing it does not
+// reset the connection before the client has read the error.
+const startupLinger = 250 * time.Millisecond
+
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("proxy: server closed")
 
@@ -42,8 +55,16 @@ type Config struct {
 	// for every session. Required.
 	TokenSource *entraauth.TokenSource
 	// User, if set, is the upstream user of every session, whatever the
-	// client asks for. Empty: Upstream's user, else the token's principal.
+	// client asks for, even when it is the OS user's name (which pgx
+	// would otherwise fill in by itself). Empty: Upstream's user, else
+	// the token's principal.
 	User string
+	// StrictUser refuses a client whose user name is not the upstream
+	// user (User, Upstream's, or the token's principal), with SQLSTATE
+	// 28000 and a message naming the upstream user, as a server refuses
+	// a role that does not exist. False: the client's user name is
+	// ignored, and a one-line notice is logged when it differs.
+	StrictUser bool
 	// LocalPassword, if set, is a password every client must give (asked
 	// for in cleartext on the client's connection to the proxy) before the
 	// proxy logs in upstream, so other local users cannot borrow the
@@ -54,11 +75,20 @@ type Config struct {
 	// available ('N') and talk to the proxy in plaintext.
 	TLSConfig *tls.Config
 	// MaxConnections limits the open sessions; a client over the limit
-	// gets SQLSTATE 53300. Zero means no limit. Cancel requests do not
-	// count.
+	// gets SQLSTATE 53300. It also limits the connections still in
+	// startup (before the local password is checked, or before a cancel
+	// request is read), to MaxConnections but at least
+	// MinStartupConnections, as PostgreSQL limits its children to a
+	// multiple of max_connections: a connection over that is answered
+	// with 53300 at once and closed, so silent connections cannot pile
+	// up. Zero means no limit on either. Cancel requests do not count as
+	// sessions.
 	MaxConnections int
-	// StartupTimeout bounds a client's startup (TLS, startup message and
-	// local password). Default DefaultStartupTimeout.
+	// StartupTimeout bounds a client's own part of its startup (TLS, the
+	// startup message and the local password), and then again sending it
+	// the start of its session or the error. The wait for a token and the
+	// upstream login in between is ConnectTimeout's. Default
+	// DefaultStartupTimeout.
 	StartupTimeout time.Duration
 	// ConnectTimeout bounds getting a token and logging in upstream, and
 	// each forwarded cancel request. Default DefaultConnectTimeout.
@@ -85,8 +115,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{} // every client connection being served
-	closed    bool
-	slots     int // open sessions, for MaxConnections
+	closed    bool                  // the listeners are closed
+	draining  bool                  // Shutdown was called: no new sessions
+	slots     int                   // open sessions, for MaxConnections
+	starting  int                   // connections in startup, for the startup limit
 	wg        sync.WaitGroup
 	idle      chan struct{} // closed and replaced when conns becomes empty
 
@@ -97,8 +129,12 @@ type Server struct {
 
 // Stats counts a Server's work.
 type Stats struct {
-	// Open is the number of sessions being relayed now.
+	// Open is the number of sessions being relayed now (or logging in
+	// upstream).
 	Open int
+	// Starting is the number of connections in startup: not yet past the
+	// local password, or not yet known to be a cancel request.
+	Starting int
 	// Opened counts sessions that logged in upstream.
 	Opened int64
 	// Failed counts clients whose startup or upstream login failed,
@@ -119,7 +155,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Upstream == "" {
 		return nil, errors.New("proxy: Config.Upstream is required")
 	}
-	base, err := pgx.ParseConfig(cfg.Upstream)
+	base, err := pgx.ParseConfig(withUser(cfg.Upstream, cfg.User))
 	if err != nil {
 		return nil, fmt.Errorf("proxy: Config.Upstream: %w", err)
 	}
@@ -152,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 // when Serve returns.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.draining {
 		s.mu.Unlock()
 		l.Close()
 		return ErrServerClosed
@@ -225,17 +261,23 @@ func (s *Server) untrack(c net.Conn) {
 	s.wg.Done()
 }
 
-// Shutdown stops accepting connections (closing the listeners), then
-// waits for open sessions to end on their own, or for ctx to end, when it
-// closes those left and returns ctx's error. New cancel requests for the
-// sessions still open are forwarded while it waits.
+// Shutdown stops new sessions, then waits for open sessions to end on
+// their own, or for ctx to end, when it closes those left and returns
+// ctx's error. While it waits, the listeners stay open, as PostgreSQL's
+// do in a smart shutdown: cancel requests for the open sessions are
+// still forwarded, and a client asking for a new session is refused with
+// SQLSTATE 57P03. The listeners close when it returns.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeListeners()
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	defer s.closeListeners()
 	for {
 		s.mu.Lock()
 		n, idle := len(s.conns), s.idle
 		s.mu.Unlock()
 		if n == 0 {
+			s.closeListeners()
 			s.wg.Wait()
 			s.cancel()
 			return nil
@@ -243,11 +285,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		select {
 		case <-idle:
 		case <-ctx.Done():
+			s.closeListeners()
 			s.closeConns()
 			s.wg.Wait()
 			return ctx.Err()
 		}
 	}
+}
+
+// isDraining reports whether Shutdown was called.
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
 }
 
 // Close stops accepting connections and closes every session at once.
@@ -281,10 +331,10 @@ func (s *Server) closeConns() {
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
-	open := s.slots
+	open, starting := s.slots, s.starting
 	s.mu.Unlock()
 	return Stats{
-		Open: open, Opened: s.opened.Load(), Failed: s.failed.Load(),
+		Open: open, Starting: starting, Opened: s.opened.Load(), Failed: s.failed.Load(),
 		CancelsForwarded: s.cancelsForwarded.Load(), CancelsIgnored: s.cancelsIgnored.Load(),
 	}
 }
@@ -306,27 +356,86 @@ func (s *Server) release() {
 	s.mu.Unlock()
 }
 
+// startupLimit is the number of connections allowed in startup at once;
+// zero means no limit.
+func (s *Server) startupLimit() int {
+	if s.cfg.MaxConnections == 0 {
+		return 0
+	}
+	return max(s.cfg.MaxConnections, MinStartupConnections)
+}
+
+// enterStartup counts a new connection in startup; false when the startup
+// limit is reached. The returned func ends the count (once).
+func (s *Server) enterStartup() (leave func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit := s.startupLimit(); limit > 0 && s.starting >= limit {
+		return nil, false
+	}
+	s.starting++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.starting--
+			s.mu.Unlock()
+		})
+	}, true
+}
+
+// refuseTooMany answers a connection over the startup limit at once, as
+// PostgreSQL answers a client over its limit of children: 53300, without
+// reading its startup packet first. It then reads what the client sent,
+// briefly, so that closing does not reset the connection before the
+// client has read the error.
+func (s *Server) refuseTooMany(c net.Conn) {
+	s.failed.Add(1)
+	_ = c.SetDeadline(time.Now().Add(startupLinger))
+	_, _ = c.Write(errorResponse(nil, &clientError{code: "53300", msg: "sorry, too many clients already",
+		detail: fmt.Sprintf("pgentra proxy allows %d connections in startup at once (--max-connections).", s.startupLimit())}))
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, maxStartupLen))
+	s.log.Warn("pgentra proxy: session refused", "client", addrString(c.RemoteAddr()), "error", "too many connections in startup")
+}
+
 // serveConn serves one client connection: a cancel request, or a session.
 func (s *Server) serveConn(raw net.Conn) {
 	defer s.untrack(raw)
 	defer raw.Close()
+	leaveStartup, ok := s.enterStartup()
+	if !ok {
+		s.refuseTooMany(raw)
+		return
+	}
+	defer leaveStartup()
 	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	hello, err := readHello(raw, s.cfg.TLSConfig)
 	if err != nil {
 		s.refuse(raw, nil, 0, err)
 		return
 	}
+	if hello.cancel == nil && s.isDraining() {
+		s.refuse(hello.conn, nil, 0, errShuttingDown)
+		if hello.tls {
+			hello.conn.Close()
+		}
+		return
+	}
 	if hello.cancel != nil {
+		leaveStartup()
 		_ = raw.SetDeadline(time.Time{})
 		s.forwardCancel(s.ctx, addrString(raw.RemoteAddr()), hello.cancel)
 		return
 	}
-	s.serveSession(hello)
+	s.serveSession(hello, leaveStartup)
 }
 
 // serveSession authenticates the client, logs in upstream, hands the
 // client the upstream's session state, and relays until either side ends.
-func (s *Server) serveSession(h *clientHello) {
+func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	id := s.nextID.Add(1)
 	conn := h.conn
 	if h.tls {
@@ -350,6 +459,11 @@ func (s *Server) serveSession(h *clientHello) {
 			return
 		}
 	}
+	leaveStartup()
+	if s.isDraining() {
+		s.refuse(conn, w, id, errShuttingDown)
+		return
+	}
 	if !s.acquire() {
 		s.refuse(conn, w, id, &clientError{code: "53300", msg: "sorry, too many clients already",
 			detail: fmt.Sprintf("pgentra proxy allows %d sessions (--max-connections).", s.cfg.MaxConnections)})
@@ -357,20 +471,26 @@ func (s *Server) serveSession(h *clientHello) {
 	}
 	defer s.release()
 
+	// The token and the upstream login are bounded by ConnectTimeout, not
+	// by the client's startup deadline: a slow token (a device-code login,
+	// IMDS retries) must not cost the client its session, or its error.
+	_ = conn.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
-	up, err := s.dialUpstream(ctx, database, params)
+	up, err := s.dialUpstream(ctx, clientUser, database, params)
 	cancel()
+	// The answer, a session or an error, gets a fresh deadline.
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	if err != nil {
 		s.refuse(conn, w, id, err)
 		return
 	}
 	defer up.conn.Close()
-	key, err := s.keys.add(up.cancel)
+	key, removeKey, err := s.keys.add(up.cancel)
 	if err != nil {
 		s.refuse(conn, w, id, err)
 		return
 	}
-	defer s.keys.remove(key.ProcessID)
+	defer removeKey()
 
 	buf := make([]byte, 0, 512)
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
@@ -378,17 +498,24 @@ func (s *Server) serveSession(h *clientHello) {
 		buf, _ = (&pgproto3.ParameterStatus{Name: k, Value: v}).Encode(buf)
 	}
 	buf, _ = key.Encode(buf)
+	buf = append(buf, up.notices...)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
-	if _, err := w.Write(buf); err != nil {
-		return
+	buf = append(buf, up.later...)
+	if _, err := w.Write(buf); err == nil {
+		err = w.Flush()
 	}
-	if err := w.Flush(); err != nil {
+	if err != nil {
+		s.refuse(conn, nil, id, fmt.Errorf("sending the session's start to the client: %w", err))
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
 
 	s.opened.Add(1)
 	start := time.Now()
+	if clientUser != up.user {
+		s.log.Info("pgentra proxy: the client's user name is ignored; the session runs as the proxy's user (--strict-user refuses such clients)",
+			"session", id, "client_user", clientUser, "user", up.user)
+	}
 	s.log.Info("pgentra proxy: session opened", "session", id, "client", conn.RemoteAddr().String(),
 		"database", database, "user", up.user, "application_name", params["application_name"], "client_tls", h.tls)
 	toServer, toClient, err := relay(conn, up.conn)

@@ -133,7 +133,10 @@ func negotiation(msg *pgproto3.StartupMessage) (*pgproto3.NegotiateProtocolVersi
 	if msg.ProtocolVersion == pgproto3.ProtocolVersion30 && len(unknown) == 0 {
 		return nil, params
 	}
-	return &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown}, params
+	// The field carries the whole version, 3.0, as PostgreSQL sends it
+	// (PG_PROTOCOL(3, 0)); libpq 18 reads a bare minor 0 as a downgrade
+	// to protocol 0.0 and refuses it.
+	return &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: pgproto3.ProtocolVersion30, UnrecognizedOptions: unknown}, params
 }
 
 // checkPassword asks the client for its password in cleartext and compares

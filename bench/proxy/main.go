@@ -3,7 +3,7 @@
 // over verified TLS. It is not a test and CI does not run it; run.sh in
 // this directory runs it (installing pgbouncer if needed):
 //
-//	bench/proxy/run.sh [-duration 20s] [-rounds 2]
+//	bench/proxy/run.sh [-duration 20s] [-rounds 5]
 //
 // It starts a throwaway PostgreSQL with TLS (internal/pgtest), creates a
 // role whose password is an Entra-shaped token (the "token as password"
@@ -16,9 +16,11 @@
 // (proxy.Server, the code behind pgentra proxy, upstream verify-full, one
 // TokenSource), and through pgbouncer in session mode with
 // server_tls_sslmode=verify-full. Clients reach the proxy and pgbouncer
-// over loopback TCP in plaintext, as local tools would. It prints TPS, the
-// CPU time the proxy and pgbouncer used, and writes a CPU profile of the
-// proxy during its last run.
+// over loopback TCP in plaintext, as local tools would. The three paths
+// alternate within each round, so a change in the machine's load falls on
+// all of them. It prints each run's TPS and the CPU time the proxy and
+// pgbouncer used, then the medians and the medians of the same-round
+// ratios, and writes a CPU profile of the proxy during its last run.
 package main
 
 import (
@@ -35,6 +37,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,7 +51,7 @@ import (
 
 func main() {
 	duration := flag.Duration("duration", 20*time.Second, "length of each pgbench run (-T)")
-	rounds := flag.Int("rounds", 2, "rounds of direct, proxy, pgbouncer")
+	rounds := flag.Int("rounds", 5, "rounds of direct, proxy, pgbouncer, interleaved")
 	scale := flag.Int("scale", 10, "pgbench -i scale")
 	profile := flag.String("cpuprofile", "proxy-cpu.pprof", "where to write the proxy's CPU profile (last round)")
 	unix := flag.Bool("unix", false, "also measure clients reaching the proxy over a unix socket (proxy-unix)")
@@ -137,8 +140,8 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 	args := []string{"-S", "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(int(duration.Seconds()))}
 	fmt.Printf("pgbench %s, %d rounds\n\n", strings.Join(args, " "), rounds)
 	fmt.Printf("%-6s %-10s %10s %10s %14s\n", "round", "path", "tps", "lat_ms", "hop_cpu_s")
-	type sums struct{ tps, cpu float64 }
-	totals := map[string]*sums{"direct": {}, "proxy": {}, "pgbouncer": {}, "proxy-unix": {}}
+	tps := map[string][]float64{}
+	cpus := map[string][]float64{} // hop CPU seconds per transaction
 	for r := 1; r <= rounds; r++ {
 		for _, path := range paths {
 			var conn string
@@ -171,28 +174,53 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 			if err != nil {
 				return fmt.Errorf("pgbench via %s: %v\n%s", path, err, out)
 			}
-			tps, lat := parsePgbench(out)
+			t, lat := parsePgbench(out)
 			hop := (c1 - c0).Seconds()
-			fmt.Printf("%-6d %-10s %10.0f %10.3f %14.2f\n", r, path, tps, lat, hop)
-			totals[path].tps += tps
-			totals[path].cpu += hop
+			fmt.Printf("%-6d %-10s %10.0f %10.3f %14.2f\n", r, path, t, lat, hop)
+			tps[path] = append(tps[path], t)
+			cpus[path] = append(cpus[path], hop/(t*duration.Seconds()))
 		}
 	}
-	d, p, b := totals["direct"].tps/float64(rounds), totals["proxy"].tps/float64(rounds), totals["pgbouncer"].tps/float64(rounds)
-	fmt.Printf("\nmean tps: direct %.0f, proxy %.0f, pgbouncer %.0f\n", d, p, b)
-	fmt.Printf("proxy/pgbouncer %.2f, proxy/direct %.2f, pgbouncer/direct %.2f\n", p/b, p/d, b/d)
-	pt, bt := p*duration.Seconds(), b*duration.Seconds()
-	fmt.Printf("hop CPU per transaction: proxy %.1f µs, pgbouncer %.1f µs\n",
-		totals["proxy"].cpu/float64(rounds)/pt*1e6, totals["pgbouncer"].cpu/float64(rounds)/bt*1e6)
+	// Medians, and medians of the same-round ratios, which cancel the
+	// load that other work on the machine puts on one round.
+	ratio := func(a, b string) float64 {
+		rs := make([]float64, rounds)
+		for i := range rs {
+			rs[i] = tps[a][i] / tps[b][i]
+		}
+		return median(rs)
+	}
+	d, p, b := median(tps["direct"]), median(tps["proxy"]), median(tps["pgbouncer"])
+	fmt.Printf("\nmedian tps over %d rounds: direct %.0f, proxy %.0f, pgbouncer %.0f\n", rounds, d, p, b)
+	fmt.Printf("median same-round ratios: proxy/pgbouncer %.3f, proxy/direct %.3f, pgbouncer/direct %.3f\n",
+		ratio("proxy", "pgbouncer"), ratio("proxy", "direct"), ratio("pgbouncer", "direct"))
+	fmt.Printf("median hop CPU per transaction: proxy %.1f µs, pgbouncer %.1f µs\n",
+		median(cpus["proxy"])*1e6, median(cpus["pgbouncer"])*1e6)
 	if unix {
-		u := totals["proxy-unix"].tps / float64(rounds)
-		fmt.Printf("proxy over a unix socket: tps %.0f, /direct %.2f, /pgbouncer %.2f\n", u, u/d, u/b)
+		u := median(tps["proxy-unix"])
+		fmt.Printf("proxy over a unix socket: median tps %.0f, same-round /direct %.3f, /pgbouncer %.3f\n",
+			u, ratio("proxy-unix", "direct"), ratio("proxy-unix", "pgbouncer"))
 	}
 	fmt.Printf("GOMAXPROCS %d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	if profile != "" {
 		fmt.Printf("CPU profile of the proxy's last run: %s (go tool pprof -top %s)\n", profile, profile)
 	}
 	return nil
+}
+
+// median returns the middle value of xs (the mean of the two middle ones
+// for an even count).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // pgbench runs pgbench with the token as PGPASSWORD (the proxy's clients

@@ -3,7 +3,7 @@
 # against one PostgreSQL over verified TLS. Not run by CI. Needs the
 # PostgreSQL server binaries, pgbench and pgbouncer (installed here with
 # apt-get when missing, if run as root). Flags go to the Go program:
-#   bench/proxy/run.sh [-duration 20s] [-rounds 2] [-scale 10] [-cpuprofile proxy-cpu.pprof]
+#   bench/proxy/run.sh [-duration 20s] [-rounds 5] [-scale 10] [-cpuprofile proxy-cpu.pprof]
 set -eu
 cd "$(dirname "$0")/../.."
 if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then

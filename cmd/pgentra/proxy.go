@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgentra/entraauth/proxy"
@@ -22,28 +24,37 @@ password (DBeaver, DataGrip, pg_dump in cron, applications in any language)
 and logs each one in to the upstream server with a fresh Entra token over
 verified TLS, then relays the session. Clients connect with no password
 (or the local one) and any user name: the upstream user is the token's
-principal unless --user names one. Their database and startup parameters
+principal unless --user names one, and a client naming another user gets
+a session as that user all the same (a notice is logged), unless
+--strict-user refuses it. Their database and startup parameters
 (application_name, options, …) go upstream. Cancel requests work.
-SIGINT or SIGTERM stops accepting and lets sessions finish for
---shutdown-timeout.
+SIGINT or SIGTERM stops new sessions, goes on forwarding cancel requests,
+and lets sessions finish for --shutdown-timeout; a second signal closes
+them at once.
 
 Proxy flags:
   --upstream HOST[:PORT]    the server (default: --host, else the Service
                             Connector host; port 5432)
   --listen ADDR             TCP address to listen on (default 127.0.0.1:5432;
                             "" for none); loopback only unless --allow-remote
-  --unix-socket DIR         also listen on DIR/.s.PGSQL.<port> (mode 0600)
+  --unix-socket DIR         also listen on DIR/.s.PGSQL.<port> (mode 0600), with
+                            a lock file as PostgreSQL keeps; a socket in use
+                            is refused, never replaced
   --allow-remote            allow a --listen address other than loopback: anyone
                             who can reach it acts as your identity
   --user NAME               upstream user (default: the token's principal)
+  --strict-user             refuse clients whose user name is not the upstream
+                            user (SQLSTATE 28000), instead of ignoring it
   --local-password-file F   clients must give the password in F (first line)
   --tls-cert F, --tls-key F offer TLS to clients with this certificate and key
-  --max-connections N       at most N sessions at once (default 100; 0: no limit)
+  --max-connections N       at most N sessions at once, and N (at least 10)
+                            connections in startup (default 100; 0: no limit)
   --sslmode MODE            TLS to the upstream: verify-full (default), verify-ca,
                             require
   --sslrootcert F           CA file for the upstream's certificate (default: the
                             system's CA bundle)
-  --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default 30s)
+  --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default
+                            30s); a second signal closes them at once
 
 Examples:
   pgentra proxy --upstream mysrv.postgres.database.azure.com
@@ -56,7 +67,7 @@ Examples:
 type proxyOptions struct {
 	upstream, listen, unixSocket, user, passwordFile string
 	tlsCert, tlsKey, sslmode, sslrootcert            string
-	allowRemote                                      bool
+	allowRemote, strictUser                          bool
 	maxConns                                         int
 	shutdownTimeout                                  time.Duration
 }
@@ -71,6 +82,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&po.unixSocket, "unix-socket", "", "")
 	fs.BoolVar(&po.allowRemote, "allow-remote", false, "")
 	fs.StringVar(&po.user, "user", "", "")
+	fs.BoolVar(&po.strictUser, "strict-user", false, "")
 	fs.StringVar(&po.passwordFile, "local-password-file", "", "")
 	fs.StringVar(&po.tlsCert, "tls-cert", "", "")
 	fs.StringVar(&po.tlsKey, "tls-key", "", "")
@@ -84,6 +96,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if fs.NArg() > 0 {
 		return fail(stderr, "proxy", fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0)))
 	}
+	// Signals are counted here too: the first (which also ends ctx)
+	// starts the graceful shutdown, the second ends it at once.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	srv, listeners, err := po.start(&o, log)
 	if err != nil {
@@ -94,17 +111,35 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		log.Info("pgentra proxy: listening", "addr", l.Addr().String())
 		go func() { errc <- srv.Serve(l) }()
 	}
+	signals := 0
 	select {
 	case <-ctx.Done():
-		log.Info("pgentra proxy: shutting down", "open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
+	case <-sigs:
+		signals++
 	case err = <-errc:
 		log.Error("pgentra proxy: listener failed", "error", err.Error())
 	}
+	log.Info("pgentra proxy: shutting down: no new sessions; cancel requests are still forwarded; a second SIGINT or SIGTERM closes the sessions",
+		"open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), po.shutdownTimeout)
 	defer cancel()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		for signals < 2 {
+			select {
+			case <-sigs:
+				signals++
+			case <-stopped:
+				return
+			}
+		}
+		log.Info("pgentra proxy: second signal: closing the open sessions now")
+		cancel()
+	}()
 	code := exitOK
 	if serr := srv.Shutdown(sctx); serr != nil {
-		log.Warn("pgentra proxy: sessions still open at the shutdown timeout were closed", "error", serr.Error())
+		log.Warn("pgentra proxy: sessions still open were closed", "error", serr.Error())
 	}
 	if err != nil {
 		code = exitFail
@@ -176,6 +211,7 @@ func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []ne
 		Upstream:       connString(kv...),
 		TokenSource:    t.ts,
 		User:           user,
+		StrictUser:     po.strictUser,
 		MaxConnections: po.maxConns,
 		ConnectTimeout: o.timeout,
 		Logger:         log,
@@ -254,11 +290,7 @@ func (po *proxyOptions) listenAll() ([]net.Listener, error) {
 		if po.listen != "" {
 			_, port, _ = net.SplitHostPort(ls[0].Addr().String())
 		}
-		path := filepath.Join(po.unixSocket, ".s.PGSQL."+port)
-		removeStaleSocket(path)
-		// Created with mode 0600 under this umask: only this OS user can
-		// connect.
-		l, err := listenUnixPrivate(path)
+		l, err := listenUnixSocket(filepath.Join(po.unixSocket, ".s.PGSQL."+port))
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -266,20 +298,6 @@ func (po *proxyOptions) listenAll() ([]net.Listener, error) {
 		ls = append(ls, l)
 	}
 	return ls, nil
-}
-
-// removeStaleSocket removes a socket file nobody listens on, left by a
-// proxy that was killed.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return
-	}
-	_ = os.Remove(path)
 }
 
 // readPasswordFile reads the local password: the file's first line.
@@ -318,44 +336,3 @@ func connString(kv ...string) string {
 	}
 	return b.String()
 }
-
-// listenUnixPrivate listens on a unix socket at path that only this OS
-// user can connect to. The socket is made in a private directory, given
-// mode 0600, then moved into place, so it is never open to others.
-func listenUnixPrivate(path string) (net.Listener, error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(path), ".pgentra-proxy-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	l, err := net.Listen("unix", filepath.Join(tmp, "s"))
-	if err != nil {
-		return nil, err
-	}
-	ul := l.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	if err := os.Chmod(filepath.Join(tmp, "s"), 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	if err := os.Rename(filepath.Join(tmp, "s"), path); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return &unixListener{UnixListener: ul, path: path}, nil
-}
-
-// unixListener removes its socket file when closed.
-type unixListener struct {
-	*net.UnixListener
-	path string
-}
-
-func (l *unixListener) Close() error {
-	err := l.UnixListener.Close()
-	_ = os.Remove(l.path)
-	return err
-}
-
-// Addr reports the socket's final path.
-func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }

@@ -9,11 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // proxyProc is a running "pgentra proxy".
@@ -381,9 +384,8 @@ func TestProxyGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "the proxy to start shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
-	if c, err := net.Dial("tcp", net.JoinHostPort(p.host, p.port)); err == nil {
-		c.Close()
-		t.Error("the proxy still accepts connections after SIGTERM")
+	if r := runCmd(t, p.env("postgres"), "psql", "-X", "-c", "select 1"); r.code != 2 || !strings.Contains(r.stderr, "pgentra proxy is shutting down") {
+		t.Errorf("a new session after SIGTERM: %+v; want it refused", r)
 	}
 	if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "finished") {
 		t.Errorf("the session was cut: %v: %s", err, out.String())
@@ -435,4 +437,220 @@ func TestProxyAllowRemote(t *testing.T) {
 	if code := p.stop(t); code != 0 {
 		t.Errorf("exit status %d after SIGTERM", code)
 	}
+}
+
+// psql whose backend is terminated exits at once with the server's FATAL
+// message and "server closed the connection", as it does directly,
+// instead of waiting on a connection the proxy keeps open.
+func TestProxyPsqlBackendTerminated(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	r := runCmd(t, p.env("postgres"), "psql", "-X", "-c", "select pg_terminate_backend(pg_backend_pid())")
+	if r.code != 2 || !strings.Contains(r.stderr, "terminating connection due to administrator command") ||
+		!strings.Contains(r.stderr, "server closed the connection unexpectedly") {
+		t.Errorf("psql: %+v; want exit status 2 with the FATAL message and the lost connection", r)
+	}
+	waitUntil(t, "the proxy to log the session's end", func() bool { return strings.Contains(p.stderr.String(), "session closed") })
+}
+
+// psql naming another user: by default it gets a session as the token's
+// principal and the proxy logs a notice; with --strict-user it is refused
+// with 28000 naming the principal, and naming the principal works.
+func TestProxyPsqlStrictUser(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	r := runCmd(t, p.env("postgres", "PGUSER=whoever"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("psql as another user: %+v", r)
+	}
+	waitUntil(t, "the notice", func() bool { return strings.Contains(p.stderr.String(), "client_user=whoever") })
+
+	s := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--strict-user")...)
+	// (psql does not print a login error's SQLSTATE; the proxy package's
+	// TestProxyStrictUser checks it is 28000.)
+	r = runCmd(t, s.env("postgres", "PGUSER=whoever"), "psql", "-X", "-c", "select 1")
+	if r.code != 2 || !strings.Contains(r.stderr, `FATAL:  pgentra proxy: user "whoever" is not this proxy's user`) || !strings.Contains(r.stderr, alice.UPN) {
+		t.Errorf("psql as another user with --strict-user: %+v; want a FATAL error naming %s", r, alice.UPN)
+	}
+	r = runCmd(t, s.env("postgres", "PGUSER="+alice.UPN), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != alice.UPN+"\n" {
+		t.Errorf("psql as the principal with --strict-user: %+v", r)
+	}
+}
+
+// During the grace period after SIGTERM, psql's Ctrl-C still cancels its
+// query through the proxy; a second SIGTERM then closes the sessions left
+// at once rather than after --shutdown-timeout.
+func TestProxyShutdownCancelAndSecondSignal(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--shutdown-timeout", "10m")...)
+	start := func(query string) (*exec.Cmd, *bytes.Buffer) {
+		cmd := exec.Command("psql", "-X", "-A", "-t", "-v", "VERBOSITY=verbose", "-c", query)
+		cmd.Env = p.env("postgres")
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		f.waitActive(t, query)
+		return cmd, &out
+	}
+	// The backend of the session closed at the end sleeps on (PostgreSQL
+	// notices a lost client only when the query ends), so each run's
+	// queries are told apart.
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	cancelled, cout := start("select pg_sleep(60) -- cancelled " + run)
+	left, lout := start("select pg_sleep(60) -- left " + run)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the proxy to start shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
+	if err := cancelled.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := cancelled.Wait(); cancelled.ProcessState.ExitCode() != 1 || !strings.Contains(cout.String(), "57014") {
+		t.Errorf("psql's cancel during the grace period: %v: %s; want its query cancelled with 57014", err, cout.String())
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the proxy did not exit after a second SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d", code)
+	}
+	if err := left.Wait(); err == nil || left.ProcessState.ExitCode() != 2 {
+		t.Errorf("the session left open: %v: %s; want it closed", err, lout.String())
+	}
+	if !strings.Contains(p.stderr.String(), "second signal") {
+		t.Errorf("no line about the second signal: %s", p.stderr.String())
+	}
+}
+
+// --unix-socket never takes over a socket in use, and never deletes a
+// path it does not own: a PostgreSQL server's socket (found by its lock
+// file), another proxy's, a live socket without a lock file and a file
+// that is not a socket are refused, and left as they were; a dead
+// process's lock and socket are taken over, and removed at exit.
+func TestProxyUnixSocketLock(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	env := childEnv(pathWith(az.Dir()))
+	refused := func(t *testing.T, want string, args ...string) {
+		t.Helper()
+		r := pgentra(t, env, append([]string{"proxy"}, f.proxyArgs(args...)...)...)
+		if r.code != 1 || !strings.Contains(r.stderr, want) {
+			t.Errorf("pgentra proxy %q: %+v; want exit status 1 and %q", args, r, want)
+		}
+	}
+	sameFile := func(t *testing.T, path string, before os.FileInfo) {
+		t.Helper()
+		after, err := os.Lstat(path)
+		if err != nil || !os.SameFile(before, after) {
+			t.Errorf("%s was replaced or removed: %v", path, err)
+		}
+	}
+
+	t.Run("PostgreSQL", func(t *testing.T) {
+		sock := filepath.Join(f.pg.SocketDir, fmt.Sprintf(".s.PGSQL.%d", f.pg.Port))
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another loopback address, so the TCP port (which names the
+		// socket) is free.
+		refused(t, "PostgreSQL server (PID", "--listen", fmt.Sprintf("127.0.0.2:%d", f.pg.Port), "--unix-socket", f.pg.SocketDir)
+		sameFile(t, sock, before)
+		conn, err := pgx.Connect(context.Background(), f.pg.AdminConnString())
+		if err != nil {
+			t.Fatalf("PostgreSQL's socket no longer works: %v", err)
+		}
+		conn.Close(context.Background())
+	})
+
+	t.Run("another proxy", func(t *testing.T) {
+		dir := t.TempDir()
+		startProxyCmd(t, env, f.proxyArgs("--listen=", "--unix-socket", dir)...)
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused(t, "lock file", "--listen=", "--unix-socket", dir)
+		sameFile(t, sock, before)
+		r := runCmd(t, childEnv("PGHOST="+dir, "PGPORT=5432", "PGDATABASE=postgres"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+		if r.code != 0 || r.stdout != alice.UPN+"\n" {
+			t.Errorf("the first proxy's socket after the second was refused: %+v", r)
+		}
+	})
+
+	t.Run("live socket without a lock file", func(t *testing.T) {
+		dir := t.TempDir()
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		before, _ := os.Lstat(sock)
+		refused(t, "already listens", "--listen=", "--unix-socket", dir)
+		sameFile(t, sock, before)
+	})
+
+	t.Run("not a socket", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, ".s.PGSQL.5432")
+		if err := os.WriteFile(path, []byte("mine"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.Lstat(path)
+		refused(t, "not a socket", "--listen=", "--unix-socket", dir)
+		sameFile(t, path, before)
+	})
+
+	t.Run("stale", func(t *testing.T) {
+		dir := t.TempDir()
+		sock := filepath.Join(dir, ".s.PGSQL.5432")
+		// A dead process's lock file and socket.
+		dead := exec.Command("true")
+		if err := dead.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(sock+".lock", []byte(fmt.Sprintf("%d\n", dead.Process.Pid)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		p := startProxyCmd(t, env, f.proxyArgs("--listen=", "--unix-socket", dir)...)
+		r := runCmd(t, childEnv("PGHOST="+dir, "PGPORT=5432", "PGDATABASE=postgres"), "psql", "-X", "-A", "-t", "-c", "select 1")
+		if r.code != 0 {
+			t.Errorf("psql over the taken-over socket: %+v", r)
+		}
+		if pid, err := os.ReadFile(sock + ".lock"); err != nil || !strings.HasPrefix(string(pid), fmt.Sprintf("%d\n", p.cmd.Process.Pid)) {
+			t.Errorf("lock file %q, %v; want the proxy's PID", pid, err)
+		}
+		if code := p.stop(t); code != 0 {
+			t.Errorf("exit status %d", code)
+		}
+		for _, path := range []string{sock, sock + ".lock"} {
+			if _, err := os.Lstat(path); !os.IsNotExist(err) {
+				t.Errorf("%s left after exit: %v", path, err)
+			}
+		}
+	})
 }
