@@ -30,12 +30,17 @@ type realClient struct {
 	// find returns the command for a session on c, or an error when the
 	// client is not installed.
 	find func(t *testing.T, f *fixture, c conn) (*exec.Cmd, error)
+	// endedLine, if set, is how the client reports by itself that its
+	// idle connection ended (node-postgres reads while idle): the test
+	// waits for it before the next query, as a user of the client would
+	// see it.
+	endedLine string
 }
 
 var realClients = []realClient{
-	{"psql", psqlSession},
-	{"psycopg2", psycopg2Session},
-	{"node-postgres", nodeSession},
+	{"psql", psqlSession, ""},
+	{"psycopg2", psycopg2Session, ""},
+	{"node-postgres", nodeSession, "ASYNC - Connection terminated unexpectedly"},
 }
 
 // serverEnd is a way the server ends an idle session.
@@ -160,9 +165,28 @@ func runSession(t *testing.T, f *fixture, cl realClient, se serverEnd, how strin
 		t.Fatal(err)
 	}
 
+	var s session
+	if cl.endedLine != "" {
+		guard := time.NewTimer(exitGuard)
+		defer guard.Stop()
+		for !slices.Contains(s.output, cl.endedLine) {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					kill()
+					t.Fatalf("%s %s: exited before the next query; it printed:\n%s", cl.name, how, strings.Join(s.output, "\n"))
+				}
+				s.output = append(s.output, line)
+			case <-guard.C:
+				kill()
+				t.Fatalf("%s %s: did not notice within %v that the server ended its idle session; it printed:\n%s",
+					cl.name, how, exitGuard, strings.Join(s.output, "\n"))
+			}
+		}
+	}
+
 	io.WriteString(stdin, "select 2;\n")
 	stdin.Close()
-	var s session
 	guard := time.NewTimer(exitGuard)
 	defer guard.Stop()
 	for {
