@@ -40,7 +40,61 @@ type fixture struct {
 	proxyPort      int
 	proxySocketDir string // holds .s.PGSQL.<proxyPort>
 	proxyCAFile    string // the CA of the proxy's TLS certificate
-	logPath        string // the proxy's log
+
+	ts        *entraauth.TokenSource
+	serverTLS *tls.Config // the proxy's
+}
+
+// startProxy starts a proxy configured by cfg, with its upstream,
+// TokenSource, TLS and log (to logPath) filled in from f, on a loopback
+// port and a unix socket with that port's number, until the test ends.
+func (f *fixture) startProxy(t *testing.T, logPath string, cfg proxy.Config) (p *proxy.Server, port int, socketDir string) {
+	t.Helper()
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Upstream = f.pg.ConnString(f.user, "")
+	cfg.TokenSource = f.ts
+	cfg.TLSConfig = f.serverTLS
+	cfg.Logger = slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err = proxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port = tcp.Addr().(*net.TCPAddr).Port
+	// A short directory: a unix socket path has a limit of about 100 bytes.
+	socketDir, err = os.MkdirTemp("", "compat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix, err := net.Listen("unix", filepath.Join(socketDir, ".s.PGSQL."+strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() { done <- p.Serve(tcp) }()
+	go func() { done <- p.Serve(unix) }()
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+		for range 2 {
+			if err := <-done; err != proxy.ErrServerClosed {
+				t.Errorf("Serve returned %v, want ErrServerClosed", err)
+			}
+		}
+		logFile.Close()
+		if t.Failed() {
+			t.Logf("proxy log (tail):\n%s", tailFile(logPath, 40))
+		}
+		os.RemoveAll(socketDir)
+	})
+	return p, port, socketDir
 }
 
 // newFixture sets up the role for user on the shared server and starts a
@@ -78,53 +132,14 @@ func newFixture(t *testing.T, user string) *fixture {
 	}
 
 	dir := t.TempDir()
-	serverTLS, caFile := proxyTLS(t, dir)
-	f.proxyCAFile = caFile
-	f.logPath = filepath.Join(dir, "proxy.log")
-	logFile, err := os.Create(f.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.proxy, err = proxy.New(proxy.Config{
-		Upstream:    f.pg.ConnString(user, ""),
-		TokenSource: ts,
-		TLSConfig:   serverTLS,
-		Logger:      slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.proxyPort = tcp.Addr().(*net.TCPAddr).Port
-	// A short directory: a unix socket path has a limit of about 100 bytes.
-	f.proxySocketDir, err = os.MkdirTemp("", "pgxsuite")
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix, err := net.Listen("unix", filepath.Join(f.proxySocketDir, ".s.PGSQL."+strconv.Itoa(f.proxyPort)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 2)
-	go func() { done <- f.proxy.Serve(tcp) }()
-	go func() { done <- f.proxy.Serve(unix) }()
+	f.serverTLS, f.proxyCAFile = proxyTLS(t, dir)
+	f.ts = ts
+	f.proxy, f.proxyPort, f.proxySocketDir = f.startProxy(t, filepath.Join(dir, "proxy.log"), proxy.Config{})
 	t.Cleanup(func() {
-		if err := f.proxy.Close(); err != nil {
-			t.Error(err)
+		b, _ := os.ReadFile(filepath.Join(dir, "proxy.log"))
+		if strings.Contains(string(b), f.token) {
+			t.Error("the proxy's log holds the token")
 		}
-		for range 2 {
-			if err := <-done; err != proxy.ErrServerClosed {
-				t.Errorf("Serve returned %v, want ErrServerClosed", err)
-			}
-		}
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("proxy log (tail):\n%s", tailFile(f.logPath, 40))
-		}
-		os.RemoveAll(f.proxySocketDir)
 	})
 	return f
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/pgentra/entraauth/proxy"
 )
 
 // suiteEnv turns the pgx suite run on: it takes minutes, so only CI
@@ -86,6 +87,9 @@ func TestPGXSuite(t *testing.T) {
 			t.Errorf("%q is listed in byDesign but did not differ through the proxy: remove it from the list and the README", key)
 		}
 	}
+	if pattern == "" {
+		strictUserPass(t, f, dir)
+	}
 	if len(faults) == 0 {
 		return
 	}
@@ -115,6 +119,20 @@ func TestPGXSuite(t *testing.T) {
 	slices.Sort(list)
 	if len(list) > 0 {
 		t.Errorf("%d tests failed only through the proxy:\n  %s", len(list), strings.Join(list, "\n  "))
+	}
+}
+
+// strictUserPass runs pgx's TestConnectInvalidUser through a proxy with
+// StrictUser (--strict-user), where it must pass: the exception holds only
+// for the default, which ignores the client's user name.
+func strictUserPass(t *testing.T, f *fixture, dir string) {
+	t.Helper()
+	_, port, socketDir := f.startProxy(t, filepath.Join(t.TempDir(), "strict.log"), proxy.Config{StrictUser: true})
+	tcp, unix := f.proxied("pgx_test"), f.proxiedUnix("pgx_test")
+	tcp.Port, unix.Port, unix.Host = port, port, socketDir
+	r := runSuite(t, "through a --strict-user proxy", dir, pgxEnv(tcp, unix), "-run", "^TestConnectInvalidUser$", "./pgconn")
+	if id := (testID{Pkg: "pgconn", Name: "TestConnectInvalidUser"}); r.tests[id] != "pass" {
+		t.Errorf("%s: %q through a proxy with StrictUser, want pass; output:\n%s", id, r.tests[id], strings.Join(outputOf(r, id), "\n"))
 	}
 }
 
