@@ -65,6 +65,14 @@ func TestPGXSuite(t *testing.T) {
 	if n := direct.count("pass"); n < 1000 && pattern == "" {
 		t.Fatalf("only %d tests passed directly: the environment is not what pgx's suite expects", n)
 	}
+	var skipped []string
+	for id, action := range direct.tests {
+		if action == "skip" {
+			skipped = append(skipped, id.String())
+		}
+	}
+	slices.Sort(skipped)
+	t.Logf("skipped directly (and so not compared): %s", strings.Join(skipped, ", "))
 	if failed := direct.failures(); len(failed) > 0 {
 		t.Logf("%d tests failed directly too (not the proxy's doing, not compared):", len(failed))
 		for _, id := range failed {
