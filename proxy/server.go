@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -384,12 +385,23 @@ func (s *Server) enterStartup() (leave func(), ok bool) {
 	}, true
 }
 
-// refuseTooMany answers a connection over the startup limit at once, as
-// PostgreSQL answers a client over its limit of children: 53300, without
-// reading its startup packet first. It then reads what the client sent,
-// briefly, so that closing does not reset the connection before the
-// client has read the error.
+// refuseTooMany answers a connection over the startup limit with 53300
+// (after its first packet, or at once if none comes within
+// startupLinger), as PostgreSQL answers a client over its limit of
+// children. A cancel request is still forwarded, as PostgreSQL does: it
+// is what a client needs most when the proxy is flooded. After the error
+// it reads what the client sent, briefly, so that closing does not reset
+// the connection before the client has read the error.
 func (s *Server) refuseTooMany(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(startupLinger))
+	if body, err := readStartupPacket(c); err == nil && binary.BigEndian.Uint32(body) == codeCancelRequest {
+		var req pgproto3.CancelRequest
+		if req.Decode(body) == nil {
+			_ = c.SetDeadline(time.Time{})
+			s.forwardCancel(s.ctx, addrString(c.RemoteAddr()), &req)
+			return
+		}
+	}
 	s.failed.Add(1)
 	_ = c.SetDeadline(time.Now().Add(startupLinger))
 	_, _ = c.Write(errorResponse(nil, &clientError{code: "53300", msg: "sorry, too many clients already",
@@ -501,7 +513,8 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	buf = append(buf, up.notices...)
 	buf, _ = (&pgproto3.ReadyForQuery{TxStatus: up.txStatus}).Encode(buf)
 	buf = append(buf, up.later...)
-	if _, err := w.Write(buf); err == nil {
+	_, err = w.Write(buf)
+	if err == nil {
 		err = w.Flush()
 	}
 	if err != nil {
@@ -528,12 +541,14 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 }
 
 // refuse tells a client why it gets no session, with an ErrorResponse
-// (unless the connection itself failed), and logs one line.
+// (unless the connection itself failed, or its startup did: a
+// session's id is zero until its startup message is read), and logs one
+// line.
 func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 	s.failed.Add(1)
 	var ce *clientError
 	var ue *upstreamError
-	if errors.As(err, &ce) || errors.As(err, &ue) {
+	if errors.As(err, &ce) || errors.As(err, &ue) || (id != 0 && !connFailed(err)) {
 		if w == nil {
 			w = bufio.NewWriter(conn)
 		}
@@ -549,6 +564,13 @@ func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 		level = slog.LevelDebug // a client (or a port probe) that left before its startup message
 	}
 	s.log.Log(context.Background(), level, "pgentra proxy: session refused", attrs...)
+}
+
+// connFailed reports errors of the client connection itself, after which
+// nothing can be sent to it.
+func connFailed(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.As(err, &ne)
 }
 
 // addrString prints a client address; a unix socket's peer has none.

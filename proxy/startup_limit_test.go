@@ -16,10 +16,12 @@ import (
 // Connections in startup are limited, as PostgreSQL limits its children:
 // with MaxConnections=1, 500 silent connections hold at most
 // MinStartupConnections goroutines; the others are answered with 53300 at
-// once and closed, instead of each waiting out the startup timeout. Once
-// the silent ones go, clients log in again.
+// once and closed, instead of each waiting out the startup timeout. A
+// cancel request over the limit is still forwarded, as PostgreSQL does.
+// Once the silent ones go, clients log in again.
 func TestProxyStartupLimit(t *testing.T) {
 	f := newFixture(t, Config{MaxConnections: 1, StartupTimeout: 5 * time.Minute})
+	session := connect(t, f.connString())
 	base := runtime.NumGoroutine()
 	const silent = 500
 	conns := make([]net.Conn, 0, silent)
@@ -69,9 +71,20 @@ func TestProxyStartupLimit(t *testing.T) {
 	waitFor(t, "the refused connections' goroutines to end", func() bool {
 		return runtime.NumGoroutine() <= base+2*MinStartupConnections+10
 	})
+	// A cancel request over the limit still reaches the session's backend.
+	const sleep = "select pg_sleep(30) -- startup limit"
+	errc := make(chan error, 1)
+	go func() { _, err := session.Exec(testCtx(t), sleep); errc <- err }()
+	f.waitQuery(t, sleep)
+	if err := session.PgConn().CancelRequest(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var pgErr *pgconn.PgError
+	if err := <-errc; !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Errorf("the query cancelled over the startup limit ended with %v; want 57014", err)
+	}
 	// A client now is over the limit too.
 	_, err := pgx.Connect(testCtx(t), f.connString())
-	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "53300" {
 		t.Errorf("a client with the startup slots full: %v; want 53300", err)
 	}
@@ -79,6 +92,8 @@ func TestProxyStartupLimit(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, "the silent connections to end", func() bool { return f.proxy.Stats().Starting == 0 })
+	session.Close(testCtx(t))
+	waitFor(t, "the session to end", func() bool { return f.proxy.Stats().Open == 0 })
 	conn := connect(t, f.connString())
 	queryString(t, conn, "select 1")
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -653,4 +654,57 @@ func TestProxyUnixSocketLock(t *testing.T) {
 			}
 		}
 	})
+}
+
+// psql whose session the server ends for idle_session_timeout reports
+// the same as directly: the FATAL message and the lost connection, at
+// once, with exit status 2.
+func TestProxyPsqlIdleSessionTimeout(t *testing.T) {
+	needPsql(t)
+	f := newFixture(t)
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs()...)
+	script := "set idle_session_timeout = '300ms';\n\\! sleep 1\nselect 'after';\n"
+	run := func(env []string, args ...string) result {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "psql", append([]string{"-X", "-A", "-t"}, args...)...)
+		cmd.Env = env
+		cmd.Stdin = strings.NewReader(script)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		_ = cmd.Run()
+		if ctx.Err() != nil {
+			t.Fatalf("psql hung: %s", stderr.String())
+		}
+		return result{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+	}
+	direct := run(childEnv(), f.pg.AdminConnString())
+	proxied := run(p.env("postgres"))
+	if direct.code != 2 || !strings.Contains(direct.stderr, "idle-session timeout") {
+		t.Fatalf("directly: %+v", direct)
+	}
+	if proxied.code != direct.code || proxied.stderr != direct.stderr || proxied.stdout != direct.stdout {
+		t.Errorf("through the proxy: %+v\ndirectly: %+v", proxied, direct)
+	}
+}
+
+// --user is the upstream user even when it is the OS user's name, which
+// pgx fills in by itself when no user is named (issue 11 item 8).
+func TestProxyUserIsOSUser(t *testing.T) {
+	needPsql(t)
+	me, err := user.Current()
+	if err != nil {
+		t.Skip(err)
+	}
+	f := newFixture(t)
+	if err := f.srv.AddRole(context.Background(), me.Username, alice.ObjectID); err != nil {
+		t.Skip(err) // the OS user is the backend's admin
+	}
+	az := f.az(t, alice)
+	p := startProxyCmd(t, childEnv(pathWith(az.Dir())), f.proxyArgs("--user", me.Username)...)
+	r := runCmd(t, p.env("postgres"), "psql", "-X", "-A", "-t", "-c", "select current_user")
+	if r.code != 0 || r.stdout != me.Username+"\n" {
+		t.Errorf("psql through pgentra proxy --user %s: %+v; want current_user %s", me.Username, r, me.Username)
+	}
 }
