@@ -111,15 +111,7 @@ func TestTokenBeforeConnectDoesNotPinTheScope(t *testing.T) {
 func TestNewPrincipalGetsItsOwnName(t *testing.T) {
 	t.Setenv("PGUSER", "")
 	ts, cred, clock := newClockedSource(t, 10*time.Minute)
-	ctx := context.Background()
-	userOf := func() string {
-		t.Helper()
-		cfg := connConfig(t, "host=srv.postgres.database.azure.com sslmode=require")
-		if err := ts.BeforeConnect(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
-		return cfg.User
-	}
+	userOf := func() string { return connectedUser(t, ts) }
 	if u := userOf(); u != "alice@contoso.com" {
 		t.Fatalf("user = %q, want alice", u)
 	}
@@ -130,21 +122,24 @@ func TestNewPrincipalGetsItsOwnName(t *testing.T) {
 	}
 }
 
+// connectedUser returns the user BeforeConnect sets for a connection
+// string naming none.
+func connectedUser(t *testing.T, ts *TokenSource) string {
+	t.Helper()
+	cfg := connConfig(t, "host=srv.postgres.database.azure.com sslmode=require")
+	if err := ts.BeforeConnect(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg.User
+}
+
 // TestManagedIdentityNameIsLookedUpOncePerPrincipal: the Resource Manager
 // lookup runs again only when a new token's oid differs.
 func TestManagedIdentityNameIsLookedUpOncePerPrincipal(t *testing.T) {
 	t.Setenv("PGUSER", "")
 	ts, cred, clock := newClockedSource(t, 10*time.Minute)
 	cred.upn, cred.mirid = "", testMIRID
-	ctx := context.Background()
-	userOf := func() string {
-		t.Helper()
-		cfg := connConfig(t, "host=srv.postgres.database.azure.com sslmode=require")
-		if err := ts.BeforeConnect(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
-		return cfg.User
-	}
+	userOf := func() string { return connectedUser(t, ts) }
 	armCalls := func() int {
 		n := 0
 		for _, s := range cred.requestedScopes() {

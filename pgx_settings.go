@@ -61,7 +61,7 @@ func keyValueSettings(s string) (map[string]string, error) {
 			raw, s = s[:end], s[end:]
 		}
 		s = strings.TrimLeft(s, kvSpaces)
-		val := unescapeValue(raw)
+		val := unescape(raw)
 		if key == "user" && val == "" {
 			continue
 		}
@@ -82,24 +82,6 @@ func valueEnd(s string, ends func(byte) bool) int {
 		}
 	}
 	return len(s)
-}
-
-// unescapeValue drops each backslash and keeps the byte after it.
-func unescapeValue(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' {
-			i++
-			if i == len(s) {
-				break
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // urlSettings reads a postgres:// or postgresql:// URL as libpq and pgx
