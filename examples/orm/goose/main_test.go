@@ -16,3 +16,7 @@ func TestEmulator(t *testing.T) { exampletest.Emulator(t, run) }
 func TestAzure(t *testing.T) { exampletest.Azure(t, run) }
 
 func TestTokensRotating(t *testing.T) { exampletest.TokensRotating(t, upAndDown) }
+
+// TestURLThroughProxy: the CLI way, pgx's own driver and a URL, works
+// against pgentra proxy.
+func TestURLThroughProxy(t *testing.T) { exampletest.ThroughProxy(t, upAndDown) }

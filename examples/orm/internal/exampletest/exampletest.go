@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +23,7 @@ import (
 	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/examples/orm/internal/target"
+	"github.com/pgentra/entraauth/proxy"
 )
 
 // RunFunc is an example program's body: connect, query current_user
@@ -244,5 +247,62 @@ func TokensRotating(t *testing.T, upDown UpDownFunc) {
 	}
 	if maxCalls := int64(elapsed/(tokenLife*4/10)) + 1; cred.Calls() > maxCalls {
 		t.Errorf("credential called %d times in %v, want at most %d (one TokenSource for every run)", cred.Calls(), elapsed, maxCalls)
+	}
+}
+
+// ThroughProxy runs upDown as the tools that take only a URL run: with
+// pgx's own driver ("pgx", which the goose CLI opens) and a URL naming no
+// password, against the proxy `pgentra proxy` runs (package proxy) on a
+// loopback port, in front of the emulator. The proxy logs each session in
+// with a token; the program must run as the emulator's principal.
+func ThroughProxy(t *testing.T, upDown UpDownFunc) {
+	t.Helper()
+	clearEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	tg, err := target.Open(ctx, &out)
+	skipOrFail(t, err, out.String())
+	t.Cleanup(func() {
+		if err := tg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if tg.Server() == nil {
+		t.Fatalf("target is not the emulator:\n%s", &out)
+	}
+	p, err := proxy.New(proxy.Config{
+		Upstream:    tg.ConnString,
+		TokenSource: entraauth.NewTokenSource(tg.Credential, entraauth.WithRequireVerifiedTLS()),
+		Logger:      slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(l) }()
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; !errors.Is(err, proxy.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+
+	url := "postgres://" + l.Addr().String() + "/postgres?sslmode=disable"
+	before := tg.Server().Stats().Accepted
+	out.Reset()
+	if err := upDown(ctx, &out, "pgx", url); err != nil {
+		t.Fatalf("%v\noutput:\n%s", err, &out)
+	}
+	t.Logf("output:\n%s", &out)
+	checkUser(t, out.String())
+	if st := tg.Server().Stats(); st.Accepted == before || st.TotalRejected() != 0 {
+		t.Errorf("emulator: %d logins through the proxy, rejected %v; want some, none", st.Accepted-before, st.Rejected)
 	}
 }
