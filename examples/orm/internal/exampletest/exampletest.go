@@ -17,6 +17,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,6 +182,9 @@ func checkUser(t *testing.T, out string) {
 // tools do, migrate up, print current_user to out, migrate back down.
 type UpDownFunc func(ctx context.Context, out io.Writer, driverName, connString string) error
 
+// registrations counts TokensRotating's driver registrations.
+var registrations atomic.Int64
+
 // TokensRotating runs upDown against the emulator again and again for
 // eight seconds, through one driver registered with entraauth.RegisterDriver
 // on a credential whose tokens live two seconds, so tokens rotate while the
@@ -213,7 +217,8 @@ func TokensRotating(t *testing.T, upDown UpDownFunc) {
 		t.Fatalf("target is not the emulator:\n%s", &out)
 	}
 	cred.SetLifetime(tokenLife)
-	driverName := "entraauth-rotating-" + strings.ReplaceAll(t.Name(), "/", "-")
+	// A name per call: registrations outlive the test, and -count repeats it.
+	driverName := "entraauth-rotating-" + strconv.FormatInt(registrations.Add(1), 10)
 	if err := entraauth.RegisterDriver(driverName, cred, entraauth.WithRequireVerifiedTLS()); err != nil {
 		t.Fatal(err)
 	}
