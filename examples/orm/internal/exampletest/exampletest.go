@@ -12,14 +12,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/examples/orm/internal/target"
+	"github.com/pgentra/entraauth/proxy"
 )
 
 // RunFunc is an example program's body: connect, query current_user
@@ -112,7 +117,7 @@ func Azure(t *testing.T, run RunFunc) {
 		}
 	})
 	alice := entratest.User(target.EmulatorUser)
-	if err := srv.AddRole(ctx, alice.UPN, alice.ObjectID); err != nil {
+	if err := target.AddPrincipal(ctx, srv, alice); err != nil {
 		t.Fatal(err)
 	}
 	az, err := entratest.NewAzureCLI(iss, alice)
@@ -170,4 +175,139 @@ func checkUser(t *testing.T, out string) {
 		}
 	}
 	t.Errorf("no line %q in the output:\n%s", wantLine, out)
+}
+
+// UpDownFunc is a migration program's body after its driver registration:
+// open the database by a driver name and a connection string, as migration
+// tools do, migrate up, print current_user to out, migrate back down.
+type UpDownFunc func(ctx context.Context, out io.Writer, driverName, connString string) error
+
+// registrations counts TokensRotating's driver registrations.
+var registrations atomic.Int64
+
+// TokensRotating runs upDown against the emulator again and again for
+// eight seconds, through one driver registered with entraauth.RegisterDriver
+// on a credential whose tokens live two seconds, so tokens rotate while the
+// migrations run. Every run must succeed as the emulator's principal, the
+// server must reject no login and see at least three tokens, and the
+// credential must be asked at most once per 0.4 token lives: the runs'
+// handles share the driver's TokenSource.
+func TokensRotating(t *testing.T, upDown UpDownFunc) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs for 8 seconds; skipped with -short")
+	}
+	const (
+		tokenLife = 2 * time.Second
+		runFor    = 8 * time.Second
+	)
+	clearEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	tg, err := target.Open(ctx, &out)
+	skipOrFail(t, err, out.String())
+	t.Cleanup(func() {
+		if err := tg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	cred, ok := tg.Credential.(*entratest.Credential)
+	if !ok || tg.Server() == nil {
+		t.Fatalf("target is not the emulator:\n%s", &out)
+	}
+	cred.SetLifetime(tokenLife)
+	// A name per call: registrations outlive the test, and -count repeats it.
+	driverName := "entraauth-rotating-" + strconv.FormatInt(registrations.Add(1), 10)
+	if err := entraauth.RegisterDriver(driverName, cred, entraauth.WithRequireVerifiedTLS()); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	runs := 0
+	for time.Since(start) < runFor {
+		out.Reset()
+		if err := upDown(ctx, &out, driverName, tg.ConnString); err != nil {
+			t.Fatalf("run %d, %v in: %v\noutput:\n%s", runs+1, time.Since(start).Round(time.Millisecond), err, &out)
+		}
+		checkUser(t, out.String())
+		runs++
+	}
+	elapsed := time.Since(start)
+
+	st := tg.Server().Stats()
+	t.Logf("%d runs up and down in %v; server: %d logins, %d distinct tokens, rejected %v; credential calls %d",
+		runs, elapsed.Round(time.Millisecond), st.Accepted, st.DistinctTokens, st.Rejected, cred.Calls())
+	if n := st.TotalRejected(); n != 0 {
+		t.Errorf("server rejected %d logins (%v), want 0", n, st.Rejected)
+	}
+	if st.PlaintextPasswords != 0 {
+		t.Errorf("%d tokens arrived without TLS", st.PlaintextPasswords)
+	}
+	if st.DistinctTokens < 3 {
+		t.Errorf("server saw %d distinct tokens, want at least 3 (tokens live %v)", st.DistinctTokens, tokenLife)
+	}
+	if runs < 3 {
+		t.Errorf("%d runs in %v, want at least 3", runs, elapsed)
+	}
+	if maxCalls := int64(elapsed/(tokenLife*4/10)) + 1; cred.Calls() > maxCalls {
+		t.Errorf("credential called %d times in %v, want at most %d (one TokenSource for every run)", cred.Calls(), elapsed, maxCalls)
+	}
+}
+
+// ThroughProxy runs upDown as the tools that take only a URL run: with
+// pgx's own driver ("pgx", which the goose CLI opens) and a URL naming no
+// password, against the proxy `pgentra proxy` runs (package proxy) on a
+// loopback port, in front of the emulator. The proxy logs each session in
+// with a token; the program must run as the emulator's principal.
+func ThroughProxy(t *testing.T, upDown UpDownFunc) {
+	t.Helper()
+	clearEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	tg, err := target.Open(ctx, &out)
+	skipOrFail(t, err, out.String())
+	t.Cleanup(func() {
+		if err := tg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	if tg.Server() == nil {
+		t.Fatalf("target is not the emulator:\n%s", &out)
+	}
+	p, err := proxy.New(proxy.Config{
+		Upstream:    tg.ConnString,
+		TokenSource: entraauth.NewTokenSource(tg.Credential, entraauth.WithRequireVerifiedTLS()),
+		Logger:      slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(l) }()
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; !errors.Is(err, proxy.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+
+	url := "postgres://" + l.Addr().String() + "/postgres?sslmode=disable"
+	before := tg.Server().Stats().Accepted
+	out.Reset()
+	if err := upDown(ctx, &out, "pgx", url); err != nil {
+		t.Fatalf("%v\noutput:\n%s", err, &out)
+	}
+	t.Logf("output:\n%s", &out)
+	checkUser(t, out.String())
+	if st := tg.Server().Stats(); st.Accepted == before || st.TotalRejected() != 0 {
+		t.Errorf("emulator: %d logins through the proxy, rejected %v; want some, none", st.Accepted-before, st.Rejected)
+	}
 }

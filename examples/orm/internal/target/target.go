@@ -34,6 +34,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
@@ -64,6 +65,9 @@ func (t *Target) Close() error {
 	}
 	return t.srv.Close()
 }
+
+// Server returns the emulator, or nil when the target is not one.
+func (t *Target) Server() *entratest.Server { return t.srv }
 
 // Open returns the target the environment names, or starts the emulator,
 // and writes one line to out saying which.
@@ -140,10 +144,8 @@ func emulator(ctx context.Context, out io.Writer) (_ *Target, err error) {
 			_ = srv.Close()
 		}
 	}()
-	// Register the principal's role as pgaadauth_create_principal does on
-	// Azure: the role's name, bound to the principal's object ID.
 	alice := entratest.User(EmulatorUser)
-	if err := srv.AddRole(ctx, alice.UPN, alice.ObjectID); err != nil {
+	if err := AddPrincipal(ctx, srv, alice); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(out, "target: local emulator of Azure Database for PostgreSQL at %s, credential: emulated Entra ID user %s "+
@@ -154,6 +156,24 @@ func emulator(ctx context.Context, out io.Writer) (_ *Target, err error) {
 		Emulated:   true,
 		srv:        srv,
 	}, nil
+}
+
+// AddPrincipal sets up the user principal p's role on the emulator srv as an Azure
+// administrator would: the role named for p, bound to its object ID (as
+// pgaadauth_create_principal does), allowed to create tables in schema
+// public (GRANT CREATE ON SCHEMA public, which PostgreSQL 15 and later no
+// longer give every role), so the migration examples can run.
+func AddPrincipal(ctx context.Context, srv *entratest.Server, p entratest.Principal) error {
+	if err := srv.AddRole(ctx, p.UPN, p.ObjectID); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, srv.AdminConnString())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "grant create on schema public to "+pgx.Identifier{p.UPN}.Sanitize())
+	return err
 }
 
 func orDefault(s, def string) string {

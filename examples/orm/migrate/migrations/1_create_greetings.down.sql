@@ -1,0 +1,1 @@
+drop table migrate_greetings;

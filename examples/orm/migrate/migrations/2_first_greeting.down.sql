@@ -1,0 +1,1 @@
+delete from migrate_greetings where message = 'hello from golang-migrate';

@@ -1,0 +1,1 @@
+insert into migrate_greetings (message) values ('hello from golang-migrate');
