@@ -176,6 +176,7 @@ type TokenSource struct {
 	oauthProvider func(context.Context) (string, error)
 
 	nFetches, nFailed atomic.Int64
+	metrics           *metrics // nil without WithMeterProvider
 }
 
 // NewTokenSource returns a TokenSource for cred. An invalid option or a nil
@@ -188,6 +189,13 @@ func NewTokenSource(cred azcore.TokenCredential, opts ...Option) *TokenSource {
 	}
 	if ts.set.scope != "" {
 		ts.scope.Store(&ts.set.scope)
+	}
+	if mp := ts.set.meterProvider; mp != nil && ts.set.err == nil {
+		m, err := newMetrics(mp, ts)
+		if err != nil {
+			ts.set.err = fmt.Errorf("%w: WithMeterProvider: creating the metrics: %v", ErrInvalidOption, err)
+		}
+		ts.metrics = m
 	}
 	ts.oauthProvider = func(ctx context.Context) (string, error) {
 		tok, err := ts.Token(ctx)
@@ -260,10 +268,16 @@ func (ts *TokenSource) token(ctx context.Context, scope string) (*cachedToken, e
 	now := ts.now()
 	if c := ts.current.Load(); c != nil && c.scope == scope {
 		if now.Before(c.refreshAt) {
+			if ts.metrics != nil {
+				ts.metrics.cacheHits.Add(ctx, 1)
+			}
 			return c, nil
 		}
 		if now.Before(c.usableUntil) {
 			ts.refreshInBackground(now.Round(0), scope)
+			if ts.metrics != nil {
+				ts.metrics.cacheHits.Add(ctx, 1)
+			}
 			return c, nil
 		}
 	}
@@ -298,6 +312,9 @@ func (ts *TokenSource) waitForFetch(ctx context.Context, scope string) (*cachedT
 				return nil, err
 			}
 			f = ts.startFetch(scope)
+		}
+		if ts.metrics != nil {
+			ts.metrics.waits.Add(ctx, 1)
 		}
 		select {
 		case <-f.done:

@@ -107,25 +107,37 @@ func (ts *TokenSource) getToken(scope string) (azcore.AccessToken, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ts.set.fetchTimeout)
 	defer cancel()
 	type result struct {
-		at  azcore.AccessToken
-		err error
+		at       azcore.AccessToken
+		err      error
+		panicked bool
 	}
+	start := time.Now()
 	done := make(chan result, 1)
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
-				done <- result{err: fmt.Errorf("the credential panicked: %v\n%s", p, debug.Stack())}
+				done <- result{err: fmt.Errorf("the credential panicked: %v\n%s", p, debug.Stack()), panicked: true}
 			}
 		}()
 		at, err := ts.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}, TenantID: ts.set.tenantID})
-		done <- result{at, err}
+		done <- result{at: at, err: err}
 	}()
 	var r result
+	outcome := outcomeSuccess
 	select {
 	case r = <-done:
+		if r.panicked {
+			outcome = outcomePanic
+		} else if r.err != nil {
+			outcome = outcomeFailure
+		}
 	case <-ctx.Done():
 		r.err = fmt.Errorf("the credential did not answer within the fetch timeout (%s; see WithFetchTimeout): %w",
 			ts.set.fetchTimeout, ctx.Err())
+		outcome = outcomeTimeout
+	}
+	if ts.metrics != nil {
+		ts.metrics.recordFetch(scope, outcome, time.Since(start))
 	}
 	if r.err != nil {
 		ts.nFailed.Add(1)

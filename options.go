@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
 // Option configures a TokenSource, Hook or Connector.
@@ -18,7 +20,8 @@ type settings struct {
 	requireVerified bool
 	allowPlaintext  bool
 	fetchTimeout    time.Duration
-	err             error // the first invalid option
+	meterProvider   metric.MeterProvider // nil: no metrics
+	err             error                // the first invalid option
 }
 
 const defaultFetchTimeout = 30 * time.Second
@@ -111,5 +114,31 @@ func WithFetchTimeout(d time.Duration) Option {
 			s.invalid("WithFetchTimeout needs a positive duration, got %s", d)
 		}
 		s.fetchTimeout = d
+	}
+}
+
+// WithMeterProvider records the TokenSource's work as OpenTelemetry metrics
+// on mp (from the OpenTelemetry SDK, or otel.GetMeterProvider()), under the
+// instrumentation scope github.com/pgentra/entraauth:
+//
+//   - entraauth.token.fetches: token requests to the credential, by
+//     outcome (success, failure, timeout, panic) and kind (database,
+//     resource_manager);
+//   - entraauth.token.fetch.duration: their latency in seconds;
+//   - entraauth.token.cache.hits: tokens handed out from the cache;
+//   - entraauth.token.waits: connects that had no usable token and waited
+//     for a fetch;
+//   - entraauth.token.time_to_expiry: seconds until the cached token
+//     expires, read at collection.
+//
+// Without it nothing is recorded and nothing is paid. The meter provider
+// keeps the TokenSource reachable: make one TokenSource per pool or
+// database handle, not one per connection.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(s *settings) {
+		if mp == nil {
+			s.invalid("WithMeterProvider needs a MeterProvider, got nil")
+		}
+		s.meterProvider = mp
 	}
 }
