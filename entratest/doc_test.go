@@ -49,7 +49,7 @@ func TestPackageDocFirstSnippet(t *testing.T) {
 // TestPackageDocSnippetsCompile checks that the package doc's first two
 // snippets are, line for line, code that this module compiles and runs:
 // the first is TestPackageDocFirstSnippet's body, the second is
-// internal/sharedusage's test file. Source lines with a "// test-only"
+// internal/sharedusage's test file, and the README shows it as well. Source lines with a "// test-only"
 // comment are left out of the comparison.
 func TestPackageDocSnippetsCompile(t *testing.T) {
 	snippets := packageDocCode(t)
@@ -62,14 +62,15 @@ func TestPackageDocSnippetsCompile(t *testing.T) {
 	}{
 		{"doc_test.go", "\t"},
 		{filepath.Join("internal", "sharedusage", "sharedusage_test.go"), ""},
+		{filepath.Join("..", "README.md"), ""},
 	} {
 		src, err := os.ReadFile(c.file)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := indentLines(snippets[i], c.indent)
+		want := indentLines(snippets[min(i, 1)], c.indent)
 		if !strings.Contains(withoutTestOnlyLines(string(src)), want) {
-			t.Errorf("package doc snippet %d is not in %s as written:\n%s", i+1, c.file, want)
+			t.Errorf("package doc snippet %d is not in %s as written:\n%s", min(i, 1)+1, c.file, want)
 		}
 	}
 }
