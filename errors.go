@@ -22,7 +22,9 @@ var ErrInsecureTransport = errors.New("entraauth: refusing to send an access tok
 var ErrMalformedToken = errors.New("entraauth: malformed access token")
 
 // ErrScopeMismatch is returned when one TokenSource is used for servers of
-// different Azure clouds. Use one TokenSource per cloud, or WithScope.
+// different Azure clouds, or one connection string names hosts of
+// different clouds. Use one TokenSource (and connection string) per cloud,
+// or WithScope.
 var ErrScopeMismatch = errors.New("entraauth: token scope does not match the server's cloud")
 
 // ErrInvalidOption is returned when options contradict each other or carry

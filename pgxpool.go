@@ -41,6 +41,11 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 			return err
 		}
 	}
+	if len(cfg.Fallbacks) > 0 && ts.set.scope == "" {
+		if err := hostsOfOneCloud(cfg); err != nil {
+			return err
+		}
+	}
 	scope, err := ts.scopeFor(facts, cfg.Host)
 	if err != nil {
 		return err
@@ -57,6 +62,22 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 	}
 	cfg.Password = c.token.Value
 	cfg.OAuthTokenProvider = ts.oauthProvider
+	return nil
+}
+
+// hostsOfOneCloud refuses a multi-host connection string whose hosts are
+// in different Azure clouds: pgx sends the one password (token) to every
+// host it tries, and a token is for one cloud's scope, so another cloud's
+// server would be sent a token it must refuse.
+func hostsOfOneCloud(cfg *pgx.ConnConfig) error {
+	first := cloudForHost(cfg.Host)
+	for _, fb := range cfg.Fallbacks {
+		if c := cloudForHost(fb.Host); c != first {
+			return fmt.Errorf("%w: the connection string's hosts %q and %q are in different Azure clouds, whose tokens have different scopes (%s and %s), "+
+				"and one token goes to every host pgx tries; list the hosts of one cloud only, with one connection string (and pool) per cloud",
+				ErrScopeMismatch, cfg.Host, fb.Host, first.dbScope, c.dbScope)
+		}
+	}
 	return nil
 }
 

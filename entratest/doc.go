@@ -33,6 +33,11 @@
 //
 // An end-to-end test of a pgx pool or database/sql wiring:
 //
+//	ctx := context.Background()
+//	iss, err := entratest.NewIssuer()
+//	if err != nil {
+//		t.Fatal(err)
+//	}
 //	srv, err := entratest.NewServer(ctx, entratest.ServerConfig{Verifier: iss})
 //	if err != nil {
 //		t.Fatal(err) // errors.Is(err, entratest.ErrNoPostgreSQL) without binaries
@@ -43,6 +48,34 @@
 //		t.Fatal(err)
 //	}
 //	db := sql.OpenDB(entraauth.Connector(srv.ConnString(), entratest.NewCredential(iss, alice)))
+//	t.Cleanup(func() { db.Close() })
+//	var user string
+//	if err := db.QueryRowContext(ctx, "SELECT current_user").Scan(&user); err != nil {
+//		t.Fatal(err)
+//	}
+//
+// NewServer starts a throwaway PostgreSQL, which takes a second or more.
+// To pay that once per package rather than once per test, share one
+// server with [Shared]:
+//
+//	var emulator entratest.Shared
+//
+//	func TestMain(m *testing.M) { os.Exit(entratest.RunTests(m, &emulator)) }
+//
+//	func TestOrders(t *testing.T) {
+//		ctx := context.Background()
+//		srv, iss := emulator.Get(t), emulator.Issuer(t)
+//		alice := entratest.User("alice@contoso.com")
+//		if err := srv.AddRole(ctx, alice.UPN, alice.ObjectID); err != nil {
+//			t.Fatal(err)
+//		}
+//		db := sql.OpenDB(entraauth.Connector(srv.ConnString(), entratest.NewCredential(iss, alice)))
+//		t.Cleanup(func() { db.Close() })
+//		// … the code under test, with db; for example:
+//		if err := db.PingContext(ctx); err != nil {
+//			t.Fatal(err)
+//		}
+//	}
 //
 // A test of code taking a credential:
 //

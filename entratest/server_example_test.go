@@ -2,12 +2,14 @@ package entratest_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 )
 
@@ -54,4 +56,57 @@ func ExampleNewServer() {
 	}
 	st := srv.Stats()
 	fmt.Println(user, st.Accepted, st.DistinctTokens)
+	// Output: alice@contoso.com 1 1
+}
+
+// One server for a package's tests: declare a Shared at package level,
+// close it in TestMain, and Get it in each test:
+//
+//	var emulator entratest.Shared
+//
+//	func TestMain(m *testing.M) { os.Exit(entratest.RunTests(m, &emulator)) }
+//
+//	func TestOrders(t *testing.T) {
+//		srv, iss := emulator.Get(t), emulator.Issuer(t)
+//		…
+//	}
+//
+// Here, with no testing.TB, Start does what Get does, and the issuer is
+// one of our own.
+func ExampleShared() {
+	iss, err := entratest.NewIssuer()
+	if err != nil {
+		log.Fatal(err)
+	}
+	emulator := &entratest.Shared{Config: entratest.ServerConfig{Verifier: iss}}
+	defer emulator.Close()
+	ctx := context.Background()
+
+	var first *entratest.Server
+	for _, name := range []string{"alice@contoso.com", "bob@contoso.com"} {
+		srv, err := emulator.Start() // the first call starts the server
+		if err != nil {
+			log.Fatal(err)
+		}
+		if first == nil {
+			first = srv
+		}
+		p := entratest.User(name)
+		if err := srv.AddRole(ctx, p.UPN, p.ObjectID); err != nil {
+			log.Fatal(err)
+		}
+		db := sql.OpenDB(entraauth.Connector(srv.ConnString(), entratest.NewCredential(iss, p)))
+		var user string
+		err = db.QueryRowContext(ctx, "SELECT current_user").Scan(&user)
+		db.Close()
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(user, "on the first server:", srv == first)
+	}
+	fmt.Println("logins:", first.Stats().Accepted)
+	// Output:
+	// alice@contoso.com on the first server: true
+	// bob@contoso.com on the first server: true
+	// logins: 2
 }

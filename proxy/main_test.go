@@ -15,12 +15,13 @@ import (
 	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/internal/pgtest"
+	"github.com/pgentra/entraauth/internal/testmain"
 )
 
 // TestMain checks for leaked goroutines after the tests, once the shared
 // PostgreSQL server has stopped.
 func TestMain(m *testing.M) {
-	os.Exit(pgtest.RunTests(m, &sharedPG))
+	os.Exit(testmain.Run(m, &sharedPG))
 }
 
 // sharedPG is one real PostgreSQL for the package's tests, started on first

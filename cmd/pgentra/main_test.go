@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/internal/pgtest"
+	"github.com/pgentra/entraauth/internal/testmain"
 )
 
 // pgentraBin is the pgentra binary TestMain builds for the end-to-end
@@ -30,7 +31,7 @@ func testMain(m *testing.M) int {
 	// PGENTRA_TEST_BINARY runs the end-to-end tests against another build,
 	// such as one of an earlier commit, to see a regression test fail.
 	if pgentraBin = os.Getenv("PGENTRA_TEST_BINARY"); pgentraBin != "" {
-		return pgtest.RunTests(m, &sharedPG)
+		return testmain.Run(m, &sharedPG)
 	}
 	dir, err := os.MkdirTemp("", "pgentra-test-")
 	if err != nil {
@@ -47,13 +48,13 @@ func testMain(m *testing.M) int {
 	// With the VCS revision stamped in when git can give it (GOFLAGS may
 	// say -buildvcs=false), for TestVersion; else as GOFLAGS says.
 	if _, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", pgentraBin, ".").CombinedOutput(); err == nil {
-		return pgtest.RunTests(m, &sharedPG)
+		return testmain.Run(m, &sharedPG)
 	}
 	if out, err := exec.Command(goTool, "build", "-o", pgentraBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building pgentra: %v\n%s", err, out)
 		return 1
 	}
-	return pgtest.RunTests(m, &sharedPG)
+	return testmain.Run(m, &sharedPG)
 }
 
 // sharedPG is one real PostgreSQL for the package's tests, started on

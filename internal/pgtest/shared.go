@@ -2,17 +2,14 @@ package pgtest
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
 
 // Shared is one server for all the tests of a package: Get starts it on
-// first use, and RunTests stops it once the tests have run.
+// first use, and Stop (called by testmain.Run) stops it once the tests
+// have run.
 type Shared struct {
 	once   sync.Once
 	server *Server
@@ -32,21 +29,11 @@ func (s *Shared) Get(tb testing.TB) *Server {
 	return s.server
 }
 
-// RunTests is a package's TestMain body: it runs the tests, stops the
-// shared server if one started, and then fails the run if a goroutine was
-// left behind. It returns the exit code for os.Exit.
-func RunTests(m *testing.M, shared *Shared) int {
-	code := m.Run()
-	if shared.server != nil {
-		if err := shared.server.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping PostgreSQL:", err)
-		}
+// Stop stops the shared server if one started. Call it once the tests
+// have run, with no Get running.
+func (s *Shared) Stop() error {
+	if s.server == nil {
+		return nil
 	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	return code
+	return s.server.Stop()
 }

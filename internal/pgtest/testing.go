@@ -52,3 +52,12 @@ func StartForTest(tb testing.TB) *Server {
 	})
 	return s
 }
+
+// SkipWithoutBinaries skips tb (or fails it when Required) when no
+// PostgreSQL server binaries are installed, before a test that starts a
+// server some other way (entratest.NewServer) and would fail without them.
+func SkipWithoutBinaries(tb testing.TB) {
+	tb.Helper()
+	_, err := findBinDir()
+	SkipOrFail(tb, err)
+}
