@@ -21,6 +21,14 @@
 // all of them. It prints each run's TPS and the CPU time the proxy and
 // pgbouncer used, then the medians and the medians of the same-round
 // ratios, and writes a CPU profile of the proxy during its last run.
+//
+// With -paths pgbouncer-tx,pgbouncer-tx-proxy it compares instead the two
+// ways of running a self-hosted pgbouncer in transaction mode (README: A
+// self-hosted PgBouncer with Entra tokens): pgbouncer alone, logging in
+// over verified TLS with a static password (the token, as in the
+// pgbouncer path), against pgbouncer in front of the proxy engine on a
+// unix socket (no password in pgbouncer; the proxy logs in with the
+// TokenSource's token over verified TLS).
 package main
 
 import (
@@ -55,8 +63,14 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench -i scale")
 	profile := flag.String("cpuprofile", "proxy-cpu.pprof", "where to write the proxy's CPU profile (last round)")
 	unix := flag.Bool("unix", false, "also measure clients reaching the proxy over a unix socket (proxy-unix)")
+	pathList := flag.String("paths", "direct,proxy,pgbouncer",
+		"the paths to measure, in round order: direct, proxy, pgbouncer, pgbouncer-tx (transaction mode, static password), pgbouncer-tx-proxy (transaction mode, to the proxy on a unix socket)")
 	flag.Parse()
-	if err := run(*duration, *rounds, *scale, *profile, *unix); err != nil {
+	paths := strings.Split(*pathList, ",")
+	if *unix {
+		paths = append(paths, "proxy-unix")
+	}
+	if err := run(*duration, *rounds, *scale, *profile, paths); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
 		os.Exit(1)
 	}
@@ -64,7 +78,12 @@ func main() {
 
 const role = "bench-alice@contoso.com"
 
-func run(duration time.Duration, rounds, scale int, profile string, unix bool) error {
+func run(duration time.Duration, rounds, scale int, profile string, paths []string) error {
+	for _, p := range paths {
+		if !slices.Contains([]string{"direct", "proxy", "pgbouncer", "pgbouncer-tx", "pgbouncer-tx-proxy", "proxy-unix"}, p) {
+			return fmt.Errorf("unknown path %q in -paths", p)
+		}
+	}
 	ctx := context.Background()
 	pg, err := pgtest.Start(ctx, pgtest.Options{Logf: func(string, ...any) {}})
 	if err != nil {
@@ -113,33 +132,61 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 	defer srv.Close()
 	_, proxyPort, _ := net.SplitHostPort(pl.Addr().String())
 	viaProxy := fmt.Sprintf("host=127.0.0.1 port=%s dbname=bench sslmode=disable", proxyPort)
-	paths := []string{"direct", "proxy", "pgbouncer"}
-	var viaProxyUnix string
-	if unix {
-		dir, err := os.MkdirTemp("", "bench-proxy-sock-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		ul, err := net.Listen("unix", filepath.Join(dir, ".s.PGSQL.5432"))
-		if err != nil {
-			return err
-		}
-		go func() { _ = srv.Serve(ul) }()
-		viaProxyUnix = fmt.Sprintf("host=%s port=5432 dbname=bench", dir)
-		paths = append(paths, "proxy-unix")
-	}
 
-	bouncer, err := startPgbouncer(pg, tok.Value)
+	// The proxy's unix socket, for proxy-unix and for pgbouncer-tx-proxy
+	// (as pgbouncer's OS user: pgentra proxy --unix-socket makes it 0600).
+	dir, err := os.MkdirTemp("", "bench-proxy-sock-")
 	if err != nil {
 		return err
 	}
-	defer bouncer.stop()
-	viaBouncer := fmt.Sprintf("host=127.0.0.1 port=%d dbname=bench user=%s sslmode=disable", bouncer.port, role)
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	sock := filepath.Join(dir, ".s.PGSQL.5432")
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		return err
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(sock, uidOf("postgres"), -1); err != nil {
+			return err
+		}
+	}
+	go func() { _ = srv.Serve(ul) }()
+	viaProxyUnix := fmt.Sprintf("host=%s port=5432 dbname=bench", dir)
+
+	// Each pgbouncer path has a pgbouncer of its own.
+	bouncers := map[string]*bouncer{}
+	staticPassword := fmt.Sprintf("host=127.0.0.1 port=%d dbname=bench user=%s password=%s", pg.Port, quoteIni(role), tok.Value)
+	for _, p := range paths {
+		var b *bouncer
+		switch p {
+		case "pgbouncer":
+			b, err = startPgbouncer(pg, staticPassword, "session")
+		case "pgbouncer-tx":
+			b, err = startPgbouncer(pg, staticPassword, "transaction")
+		case "pgbouncer-tx-proxy":
+			b, err = startPgbouncer(pg, fmt.Sprintf("host=%s port=5432 dbname=bench user=%s", dir, quoteIni(role)), "transaction")
+		default:
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		defer b.stop()
+		bouncers[p] = b
+	}
+	viaBouncer := func(p string) string {
+		return fmt.Sprintf("host=127.0.0.1 port=%d dbname=bench user=%s sslmode=disable", bouncers[p].port, role)
+	}
 
 	args := []string{"-S", "-n", "-c", "4", "-j", "2", "-T", strconv.Itoa(int(duration.Seconds()))}
 	fmt.Printf("pgbench %s, %d rounds\n\n", strings.Join(args, " "), rounds)
-	fmt.Printf("%-6s %-10s %10s %10s %14s\n", "round", "path", "tps", "lat_ms", "hop_cpu_s")
+	fmt.Printf("%-6s %-18s %10s %10s %14s\n", "round", "path", "tps", "lat_ms", "hop_cpu_s")
 	tps := map[string][]float64{}
 	cpus := map[string][]float64{} // hop CPU seconds per transaction
 	for r := 1; r <= rounds; r++ {
@@ -151,8 +198,11 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 				conn, cpu = direct, func() time.Duration { return 0 }
 			case "proxy":
 				conn, cpu = viaProxy, selfCPU
-			case "pgbouncer":
-				conn, cpu = viaBouncer, bouncer.cpu
+			case "pgbouncer", "pgbouncer-tx":
+				conn, cpu = viaBouncer(path), bouncers[path].cpu
+			case "pgbouncer-tx-proxy":
+				b := bouncers[path]
+				conn, cpu = viaBouncer(path), func() time.Duration { return b.cpu() + selfCPU() }
 			case "proxy-unix":
 				conn, cpu = viaProxyUnix, selfCPU
 			}
@@ -176,7 +226,7 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 			}
 			t, lat := parsePgbench(out)
 			hop := (c1 - c0).Seconds()
-			fmt.Printf("%-6d %-10s %10.0f %10.3f %14.2f\n", r, path, t, lat, hop)
+			fmt.Printf("%-6d %-18s %10.0f %10.3f %14.2f\n", r, path, t, lat, hop)
 			tps[path] = append(tps[path], t)
 			cpus[path] = append(cpus[path], hop/(t*duration.Seconds()))
 		}
@@ -190,16 +240,19 @@ func run(duration time.Duration, rounds, scale int, profile string, unix bool) e
 		}
 		return median(rs)
 	}
-	d, p, b := median(tps["direct"]), median(tps["proxy"]), median(tps["pgbouncer"])
-	fmt.Printf("\nmedian tps over %d rounds: direct %.0f, proxy %.0f, pgbouncer %.0f\n", rounds, d, p, b)
-	fmt.Printf("median same-round ratios: proxy/pgbouncer %.3f, proxy/direct %.3f, pgbouncer/direct %.3f\n",
-		ratio("proxy", "pgbouncer"), ratio("proxy", "direct"), ratio("pgbouncer", "direct"))
-	fmt.Printf("median hop CPU per transaction: proxy %.1f µs, pgbouncer %.1f µs\n",
-		median(cpus["proxy"])*1e6, median(cpus["pgbouncer"])*1e6)
-	if unix {
-		u := median(tps["proxy-unix"])
-		fmt.Printf("proxy over a unix socket: median tps %.0f, same-round /direct %.3f, /pgbouncer %.3f\n",
-			u, ratio("proxy-unix", "direct"), ratio("proxy-unix", "pgbouncer"))
+	fmt.Printf("\nmedian over %d rounds:\n", rounds)
+	for _, path := range paths {
+		fmt.Printf("  %-18s tps %8.0f, hop CPU per transaction %.1f µs\n", path, median(tps[path]), median(cpus[path])*1e6)
+	}
+	fmt.Println("median same-round ratios:")
+	for _, pair := range [][2]string{
+		{"proxy", "pgbouncer"}, {"proxy", "direct"}, {"pgbouncer", "direct"},
+		{"proxy-unix", "direct"}, {"proxy-unix", "pgbouncer"},
+		{"pgbouncer-tx-proxy", "pgbouncer-tx"}, {"pgbouncer-tx", "direct"}, {"pgbouncer-tx-proxy", "direct"},
+	} {
+		if tps[pair[0]] != nil && tps[pair[1]] != nil {
+			fmt.Printf("  %s / %s %.3f\n", pair[0], pair[1], ratio(pair[0], pair[1]))
+		}
 	}
 	fmt.Printf("GOMAXPROCS %d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	if profile != "" {
@@ -264,10 +317,12 @@ type bouncer struct {
 	port int
 }
 
-// startPgbouncer runs pgbouncer in session mode in front of pg, logging in
-// with the token as the password over verified TLS. pgbouncer refuses to
-// run as root, so as root it runs as the postgres OS user.
-func startPgbouncer(pg *pgtest.Server, password string) (*bouncer, error) {
+// startPgbouncer runs pgbouncer in poolMode with one database, bench,
+// whose [databases] line is server: to pg with a password over verified
+// TLS, or to the proxy's unix socket (where pgbouncer uses no TLS and no
+// password). pgbouncer refuses to run as root, so as root it runs as the
+// postgres OS user.
+func startPgbouncer(pg *pgtest.Server, server, poolMode string) (*bouncer, error) {
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
 		if bin = "/usr/sbin/pgbouncer"; !fileExists(bin) {
@@ -296,21 +351,21 @@ func startPgbouncer(pg *pgtest.Server, password string) (*bouncer, error) {
 		return nil, err
 	}
 	ini := fmt.Sprintf(`[databases]
-bench = host=127.0.0.1 port=%d dbname=bench user=%s password=%s
+bench = %s
 
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = %d
 unix_socket_dir =
 auth_type = any
-pool_mode = session
+pool_mode = %s
 max_client_conn = 100
 default_pool_size = 20
 server_tls_sslmode = verify-full
 server_tls_ca_file = %s
 logfile = %s
 pidfile = %s
-`, pg.Port, quoteIni(role), password, port, ca, filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
+`, server, port, poolMode, ca, filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
 	cfg := filepath.Join(dir, "pgbouncer.ini")
 	if err := os.WriteFile(cfg, []byte(ini), 0o644); err != nil {
 		return nil, err
@@ -349,10 +404,25 @@ pidfile = %s
 // quoteIni quotes a user name with @ for pgbouncer's connection string.
 func quoteIni(s string) string { return "'" + s + "'" }
 
+// stop shuts pgbouncer down at once (SIGTERM to pgbouncer itself: runuser
+// does not pass SIGINT on, and SIGINT's safe shutdown waits for clients),
+// killing it after 10 s.
 func (b *bouncer) stop() {
 	if b.cmd.Process != nil {
-		_ = b.cmd.Process.Signal(syscall.SIGINT)
-		_ = b.cmd.Wait()
+		if pid, err := os.ReadFile(filepath.Join(b.dir, "pgbouncer.pid")); err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+				_ = syscall.Kill(n, syscall.SIGTERM)
+			}
+		}
+		_ = b.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = b.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = b.cmd.Process.Kill()
+			<-done
+		}
 	}
 	os.RemoveAll(b.dir)
 }
