@@ -25,10 +25,3 @@ var osUserName = sync.OnceValue(func() string {
 	}
 	return ""
 })
-
-// connStringNamesUser reports whether a connection string, URL or
-// key/value form, itself names a user, as pgx reads it.
-func connStringNamesUser(connString string) bool {
-	s, err := pgxSettings(connString)
-	return err == nil && s["user"] != ""
-}

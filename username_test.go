@@ -79,6 +79,8 @@ func TestManagedIdentityNameIsResolvedOncePerSource(t *testing.T) {
 }
 
 func TestConnStringNamesUser(t *testing.T) {
+	t.Setenv("PGUSER", "")
+	t.Setenv("PGSERVICE", "")
 	for s, want := range map[string]bool{
 		"host=h user=x":                     true,
 		"user = x host=h":                   true,
@@ -89,8 +91,8 @@ func TestConnStringNamesUser(t *testing.T) {
 		"postgres://h/db?user=x":            true,
 		"postgres://h/db":                   false,
 	} {
-		if got := connStringNamesUser(s); got != want {
-			t.Errorf("connStringNamesUser(%q) = %v, want %v", s, got, want)
+		if got := newConnFacts(s).userNamed; got != want {
+			t.Errorf("userNamed(%q) = %v, want %v", s, got, want)
 		}
 	}
 }
