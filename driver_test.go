@@ -295,36 +295,18 @@ func TestDriverTokensRotate(t *testing.T) {
 
 	start := time.Now()
 	end := start.Add(runFor)
-	var (
-		queries, failures atomic.Int64
-		firstErr          sync.Once
-		wg                sync.WaitGroup
-	)
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; time.Now().Before(end); i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				var user string
-				err := dbs[(w+i)%len(dbs)].QueryRowContext(ctx, "select current_user").Scan(&user)
-				cancel()
-				queries.Add(1)
-				if err == nil && user != alice.UPN {
-					err = fmt.Errorf("current_user = %q, want %q", user, alice.UPN)
-				}
-				if err != nil {
-					failures.Add(1)
-					firstErr.Do(func() { t.Errorf("worker %d, query %d: %v", w, i, err) })
-				}
-			}
-		})
-	}
-	wg.Wait()
+	var queries atomic.Int64
+	failures := queryLoad(t, workers, end, alice.UPN, func(ctx context.Context, w, i int) (user string, err error) {
+		queries.Add(1)
+		err = dbs[(w+i)%len(dbs)].QueryRowContext(ctx, "select current_user").Scan(&user)
+		return user, err
+	})
 	elapsed := time.Since(start)
 
 	st := srv.Stats()
 	t.Logf("%d queries in %v; server: %d logins, %d distinct tokens, rejected %v; credential calls %d",
 		queries.Load(), elapsed.Round(time.Millisecond), st.Accepted, st.DistinctTokens, st.Rejected, cred.Calls())
-	if n := failures.Load(); n != 0 {
+	if n := failures; n != 0 {
 		t.Errorf("%d queries failed, want 0", n)
 	}
 	if n := st.TotalRejected(); n != 0 {

@@ -165,44 +165,24 @@ func TestRotationUnderLoad(t *testing.T) {
 	db.SetMaxOpenConns(4)
 	db.SetConnMaxLifetime(connLife)
 
-	var (
-		poolQueries, dbQueries, failures atomic.Int64
-		firstErr                         sync.Once
-	)
-	end := start.Add(runFor)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; time.Now().Before(end); i++ {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				var user string
-				var err error
-				if (w+i)%2 == 0 {
-					err = pool.QueryRow(ctx, "select current_user").Scan(&user)
-					poolQueries.Add(1)
-				} else {
-					err = db.QueryRowContext(ctx, "select current_user").Scan(&user)
-					dbQueries.Add(1)
-				}
-				cancel()
-				if err == nil && user != alice.UPN {
-					err = fmt.Errorf("current_user = %q, want %q", user, alice.UPN)
-				}
-				if err != nil {
-					failures.Add(1)
-					firstErr.Do(func() { t.Errorf("worker %d, query %d: %v", w, i, err) })
-				}
-			}
-		})
-	}
-	wg.Wait()
+	var poolQueries, dbQueries atomic.Int64
+	failures := queryLoad(t, workers, start.Add(runFor), alice.UPN, func(ctx context.Context, w, i int) (user string, err error) {
+		if (w+i)%2 == 0 {
+			poolQueries.Add(1)
+			err = pool.QueryRow(ctx, "select current_user").Scan(&user)
+		} else {
+			dbQueries.Add(1)
+			err = db.QueryRowContext(ctx, "select current_user").Scan(&user)
+		}
+		return user, err
+	})
 	elapsed := time.Since(start)
 
 	st := srv.Stats()
 	t.Logf("%d queries through pgxpool, %d through database/sql in %v; server: %d logins, %d distinct tokens, rejected %v; credential calls %d",
 		poolQueries.Load(), dbQueries.Load(), elapsed.Round(time.Millisecond), st.Accepted, st.DistinctTokens, st.Rejected, cred.Calls())
-	if n := failures.Load(); n != 0 {
-		t.Errorf("%d queries failed, want 0", n)
+	if failures != 0 {
+		t.Errorf("%d queries failed, want 0", failures)
 	}
 	if poolQueries.Load() == 0 || dbQueries.Load() == 0 {
 		t.Errorf("queries: pgxpool %d, database/sql %d; want both > 0", poolQueries.Load(), dbQueries.Load())
@@ -521,4 +501,35 @@ func errorTexts(err error) []string {
 		}
 	}
 	return texts
+}
+
+// queryLoad runs workers goroutines until end, each running query (its
+// w-th worker's i-th, which returns current_user) under a 30-second
+// timeout, and returns how many failed or named another user than
+// wantUser; the first such failure is reported.
+func queryLoad(t *testing.T, workers int, end time.Time, wantUser string, query func(ctx context.Context, w, i int) (string, error)) int64 {
+	t.Helper()
+	var (
+		failures atomic.Int64
+		firstErr sync.Once
+		wg       sync.WaitGroup
+	)
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(end); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				user, err := query(ctx, w, i)
+				cancel()
+				if err == nil && user != wantUser {
+					err = fmt.Errorf("current_user = %q, want %q", user, wantUser)
+				}
+				if err != nil {
+					failures.Add(1)
+					firstErr.Do(func() { t.Errorf("worker %d, query %d: %v", w, i, err) })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return failures.Load()
 }
