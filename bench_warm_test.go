@@ -66,7 +66,7 @@ func BenchmarkWarmHookParts(b *testing.B) {
 	})
 	b.Run("part=scope", func(b *testing.B) {
 		for b.Loop() {
-			_, _ = ts.scopeFor(f, cfg.Host)
+			_, _ = ts.scopeFor(f, &cfg)
 		}
 	})
 	b.Run("part=user", func(b *testing.B) {

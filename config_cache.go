@@ -111,17 +111,24 @@ type hostScope struct {
 	host, scope string
 }
 
-// scopeFor returns scopeForHost(host), remembering a success with the
+// scopeFor returns scopeForHost(cfg.Host), remembering a success with the
 // connection string's facts: the TokenSource's scope, once fixed, does not
-// change, so neither does the answer for a host.
-func (ts *TokenSource) scopeFor(f *connFacts, host string) (string, error) {
-	if hs := f.scope.Load(); hs != nil && hs.hostKey == keyOf(host) {
+// change, so neither does the answer for a host. The first time, it also
+// checks that every host of the string is of one cloud.
+func (ts *TokenSource) scopeFor(f *connFacts, cfg *pgx.ConnConfig) (string, error) {
+	if hs := f.scope.Load(); hs != nil && hs.hostKey == keyOf(cfg.Host) {
 		return hs.scope, nil
 	}
-	return ts.newScopeFor(f, host)
+	return ts.newScopeFor(f, cfg)
 }
 
-func (ts *TokenSource) newScopeFor(f *connFacts, host string) (string, error) {
+func (ts *TokenSource) newScopeFor(f *connFacts, cfg *pgx.ConnConfig) (string, error) {
+	if ts.set.scope == "" {
+		if err := hostsOfOneCloud(cfg); err != nil {
+			return "", err
+		}
+	}
+	host := cfg.Host
 	scope, err := ts.scopeForHost(host)
 	if err == nil {
 		f.scope.Store(&hostScope{keyOf(host), host, scope})

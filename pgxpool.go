@@ -41,12 +41,7 @@ func (ts *TokenSource) BeforeConnect(ctx context.Context, cfg *pgx.ConnConfig) e
 			return err
 		}
 	}
-	if len(cfg.Fallbacks) > 0 && ts.set.scope == "" {
-		if err := hostsOfOneCloud(cfg); err != nil {
-			return err
-		}
-	}
-	scope, err := ts.scopeFor(facts, cfg.Host)
+	scope, err := ts.scopeFor(facts, cfg)
 	if err != nil {
 		return err
 	}
