@@ -268,20 +268,24 @@ func (ts *TokenSource) token(ctx context.Context, scope string) (*cachedToken, e
 	now := ts.now()
 	if c := ts.current.Load(); c != nil && c.scope == scope {
 		if now.Before(c.refreshAt) {
-			if ts.metrics != nil {
-				ts.metrics.cacheHits.Add(ctx, 1)
-			}
+			ts.countCacheHit(ctx)
 			return c, nil
 		}
 		if now.Before(c.usableUntil) {
 			ts.refreshInBackground(now.Round(0), scope)
-			if ts.metrics != nil {
-				ts.metrics.cacheHits.Add(ctx, 1)
-			}
+			ts.countCacheHit(ctx)
 			return c, nil
 		}
 	}
 	return ts.waitForFetch(ctx, scope)
+}
+
+// countCacheHit records a token handed out from the cache, when metrics
+// are on.
+func (ts *TokenSource) countCacheHit(ctx context.Context) {
+	if ts.metrics != nil {
+		ts.metrics.cacheHits.Add(ctx, 1)
+	}
 }
 
 // refreshInBackground starts one fetch unless one is running or the
