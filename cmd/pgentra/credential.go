@@ -79,6 +79,11 @@ type target struct {
 	host string
 	// scope is the scope of the tokens.
 	scope string
+	// cred is the credential the token source asks, and tenant the
+	// tenant it asks it for ("" for the credential's own); nil in
+	// password mode.
+	cred   azcore.TokenCredential
+	tenant string
 }
 
 // resolve reads the Service Connector variables, if set, and builds the
@@ -132,6 +137,7 @@ func (o *options) resolve(hostHint string) (*target, error) {
 		cred = t.env.Credential
 		if o.tenant != "" {
 			opts = append(opts, entraauth.WithTenantID(o.tenant))
+			t.tenant = o.tenant
 		}
 	default:
 		o.credential = "default"
@@ -140,6 +146,7 @@ func (o *options) resolve(hostHint string) (*target, error) {
 			return nil, err
 		}
 	}
+	t.cred = cred
 	t.ts = entraauth.NewTokenSource(cred, opts...)
 	return t, nil
 }

@@ -11,6 +11,7 @@
 //	pgentra user [flags]                       print the database user name the token maps to
 //	pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
 //	pgentra proxy --upstream HOST [flags]      a local PostgreSQL proxy that logs clients in with tokens
+//	pgentra doctor [flags] [-h HOST ...]       check each step of an Entra login and say what to fix
 //	pgentra version                            print the version, VCS revision and Go version
 //
 // In pgAdmin, set the server's "Password exec command" to
@@ -57,6 +58,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"user":    runUser,
 	"psql":    runPsql,
 	"proxy":   runProxy,
+	"doctor":  runDoctor,
 	"version": runVersion,
 }
 
@@ -157,10 +159,12 @@ Usage:
   pgentra user [flags]                       print the database user name the token maps to
   pgentra psql [flags] [--] [psql args...]   run psql with the token as its password
   pgentra proxy --upstream HOST [flags]      local proxy for any PostgreSQL client
+  pgentra doctor [flags] [-h HOST ...]       check each step of an Entra login: credential,
+                                             token, user, DNS, TCP, TLS, login; say what to fix
   pgentra version                            print pgentra's version (also --version)
 
-Run "pgentra COMMAND --help" for a command's flags. token, user, psql and
-proxy take the credential flags (--credential, --client-id, --tenant,
+Run "pgentra COMMAND --help" for a command's flags. token, user, psql,
+proxy and doctor take the credential flags (--credential, --client-id, --tenant,
 --host, --scope, --env-prefix, --timeout).
 
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,
@@ -174,6 +178,7 @@ Examples:
   pgentra token --host mysrv.postgres.database.chinacloudapi.cn
   pgentra token --output json
   pgentra user --credential cli
+  pgentra doctor -h mysrv.postgres.database.azure.com -U app
 
 pgAdmin (server properties, Advanced tab; leave the password empty):
   Password exec command:    pgentra token --host mysrv.postgres.database.azure.com

@@ -16,6 +16,12 @@ var ourPsqlFlags = map[string]bool{
 // "--", which is dropped. psql's own -h is psql's; --host is ours and sets
 // PGHOST, which comes to the same.
 func splitPsqlArgs(args []string) (ours, rest []string) {
+	return splitOurFlags(args, ourPsqlFlags)
+}
+
+// splitOurFlags splits the leading flags named in known (true for those
+// that take a value) from the arguments after them, as splitPsqlArgs does.
+func splitOurFlags(args []string, known map[string]bool) (ours, rest []string) {
 	i := 0
 	for i < len(args) {
 		a := args[i]
@@ -26,7 +32,7 @@ func splitPsqlArgs(args []string) (ours, rest []string) {
 			break
 		}
 		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		takesValue, ok := ourPsqlFlags[name]
+		takesValue, ok := known[name]
 		if !ok || (name == "help" && hasValue) {
 			break
 		}
