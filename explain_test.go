@@ -227,3 +227,17 @@ func assertNoTokens(t *testing.T, s string, cred *entratest.Credential) {
 		t.Fatalf("the message holds what looks like a JWT:\n%s", s)
 	}
 }
+
+func TestExplainManagedIdentityNameAndType(t *testing.T) {
+	clearAzureEnv(t)
+	iss, srv, _ := newEntraServer(t)
+	mi := entratest.ManagedIdentity("explain-mi")
+	cred := entratest.NewCredential(iss, mi)
+	le, _ := loginError(t, srv, entraauth.NewTokenSource(cred))
+	want := "select * from pgaadauth_create_principal_with_oid('explain-mi', '" + mi.ObjectID + "', 'service', false, false);"
+	if le.User != "explain-mi" || !strings.HasPrefix(le.UserSource, "the managed identity's name") ||
+		le.Token.Type != entraauth.PrincipalManagedIdentity || le.CreateRoleSQL != want {
+		t.Errorf("LoginError = %+v\nwant SQL %s", le, want)
+	}
+	assertNoTokens(t, le.Error(), cred)
+}
