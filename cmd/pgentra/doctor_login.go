@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgentra/entraauth"
 )
 
 // loginStep logs in with the token, when every step before it allows:
@@ -57,20 +58,20 @@ func (d *doctor) loginStep(ctx context.Context, tok string, info *tokenInfo, use
 		_ = conn.Close(ctx)
 		return passed("login", fmt.Sprintf("logged in as %s", user)).fact("database", db).fact("server version", version)
 	}
-	le := explain(err, user, d.userFromFor(user, info), *info)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return failed("login", "the login failed before the server answered", "see the error").
 			fact("user", user).fact("database", db).fact("error", err.Error())
 	}
-	fix := le.Fix
-	if fix == "" {
-		fix = "see the server's message and detail"
-	}
-	s := failed("login", fmt.Sprintf("the server refused the login: %s", pgErr.Message), fix)
-	s.fact("user", user).fact("database", db)
+	s := failed("login", fmt.Sprintf("the server refused the login: %s", pgErr.Message), "see the server's message and detail")
+	s.fact("user", user).fact("from", d.userFromFor(user, info)).fact("database", db)
 	s.fact("message", pgErr.Message).fact("detail", pgErr.Detail).fact("hint", pgErr.Hint).fact("sqlstate", pgErr.Code)
-	s.fact("reading", le.Reading)
+	var le *entraauth.LoginError
+	if !errors.As(entraauth.ExplainUserSource(err, d.userFromFor(user, info)), &le) {
+		return s
+	}
+	s.Fix = goOptionFlags("doctor").Replace(le.Fix)
+	s.fact("reading", goOptionFlags("doctor").Replace(le.Reading))
 	return s.fact("create the role", le.CreateRoleSQL)
 }
 
@@ -82,5 +83,5 @@ func (d *doctor) userFromFor(user string, info *tokenInfo) string {
 	if info.Name == user {
 		return "the token's " + info.NameClaim + " claim"
 	}
-	return "the managed identity's name"
+	return "the managed identity's name (xms_mirid of a Resource Manager token)"
 }

@@ -109,6 +109,9 @@ func (d *doctor) credentialFix(err error) string {
 	return "sign in with az login, or run where a managed identity is assigned; the error lists what each credential of the chain answered"
 }
 
+// tokenInfo is what the doctor reads from a token.
+type tokenInfo = entraauth.TokenInfo
+
 // clockTolerance is how far the token's times may be from this machine's
 // before the clock is blamed (Azure's own leeway is five minutes).
 const clockTolerance = 5 * time.Minute
@@ -118,7 +121,7 @@ func (d *doctor) tokenStep(tok string) (*step, *tokenInfo) {
 	if tok == "" {
 		return skipped("token", "no token to inspect: the credential gave none"), nil
 	}
-	info, err := inspectToken(tok)
+	info, err := entraauth.InspectToken(tok)
 	if err != nil {
 		return failed("token", "the credential's answer is not a JWT: "+err.Error(),
 			"a Microsoft Entra access token is a JWT: check that the credential is Entra's (not a secret or a password set by mistake)"), nil
