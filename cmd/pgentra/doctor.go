@@ -9,6 +9,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/pgentra/entraauth"
 )
 
 const doctorHelp = `Usage: pgentra doctor [flags] [--] [-h HOST] [-p PORT] [-U USER] [-d DBNAME | CONNSTRING]
@@ -250,6 +252,15 @@ func (d *doctor) run(ctx context.Context) *report {
 	rep.add(tokStep)
 	userStep, user := d.userStep(ctx, tok, info)
 	rep.add(userStep)
+	if info != nil {
+		// Finding a managed identity's name tells its type, which its
+		// database token does not.
+		if again, err := entraauth.InspectToken(tok); err == nil && again.Type != info.Type {
+			tokStep.Summary = strings.Replace(tokStep.Summary, info.Type, again.Type, 1)
+			tokStep.setFact("type", again.Type)
+			*info = again
+		}
+	}
 	dns := d.dnsStep(ctx)
 	rep.add(dns)
 	tcp := d.tcpStep(ctx, dns)
@@ -308,6 +319,15 @@ func (s *step) fact(key, val string) *step {
 		s.Facts = append(s.Facts, fact{key, val})
 	}
 	return s
+}
+
+// setFact replaces the value of the fact key.
+func (s *step) setFact(key, val string) {
+	for i := range s.Facts {
+		if s.Facts[i].key == key {
+			s.Facts[i].val = val
+		}
+	}
 }
 
 func passed(name, summary string) *step {

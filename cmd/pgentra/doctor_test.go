@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -122,7 +123,15 @@ func TestDoctor(t *testing.T) {
 		{name: "healthy, managed identity through DefaultAzureCredential",
 			env:  childEnv(append(miEnv(mi), "PGHOST=localhost", fmt.Sprintf("PGPORT=%d", f.srv.Port()), "PGDATABASE=postgres", "PGSSLROOTCERT="+f.srv.CAFile())...),
 			args: []string{"--client-id", identity.ClientID},
-			want: []string{"ManagedIdentityCredential (in DefaultAzureCredential's chain) answered", "cli-identity, from the managed identity's name", "logged in as cli-identity"}},
+			want: []string{"ManagedIdentityCredential (in DefaultAzureCredential's chain) answered", "✓ token      managed identity (no name claim)", "    type: managed identity\n",
+				"cli-identity, from the managed identity's name", "logged in as cli-identity"}},
+		{name: "healthy, az through DefaultAzureCredential", env: f.doctorEnv(azAlice.Dir(), "AZURE_TOKEN_CREDENTIALS=dev"),
+			want: []string{"AzureCLICredential (in DefaultAzureCredential's chain) answered", "from: --credential default", "logged in as " + alice.UPN}},
+		{name: "healthy, Service Connector variables naming the user",
+			env: childEnv(append(miEnv(mi), "PGSSLROOTCERT="+f.srv.CAFile(),
+				"AZURE_POSTGRESQL_CONNECTIONSTRING="+f.srv.ConnString("user=cli-identity"), "AZURE_POSTGRESQL_CLIENTID="+identity.ClientID)...),
+			want: []string{"from: the Service Connector variables (AZURE_POSTGRESQL_…)", "cli-identity, from the Service Connector variables",
+				"not looked up: the host is an IP address", "host name: 127.0.0.1 verifies", "logged in as cli-identity"}},
 		{name: "no credential", env: f.doctorEnv(azLoggedOut.Dir()), args: cli, failStep: "credential",
 			want: []string{"az login", "· token", "· login"}},
 		{name: "wrong audience", env: f.doctorEnv(azAlice.Dir()), args: append(cli, "--scope", "https://management.azure.com/.default"), failStep: "token",
@@ -297,5 +306,39 @@ func TestDoctorREADME(t *testing.T) {
 	example := strings.TrimPrefix(string(m[1]), "$ pgentra doctor --credential cli\n")
 	if got, want := normalizeDoctor(r.stdout), normalizeDoctor(example); got != want {
 		t.Errorf("README.md's doctor example is not what doctor prints; it prints:\n%s", r.stdout)
+	}
+}
+
+// TestDoctorInProcess runs doctor in the test's process, so that the race
+// detector sees its code (azidentity's log listener is called from the
+// credential's goroutines).
+func TestDoctorInProcess(t *testing.T) {
+	f := newFixture(t)
+	az := f.az(t, alice)
+	for _, kv := range f.doctorEnv(az.Dir()) {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "PG") || k == "PATH" {
+			t.Setenv(k, v)
+		}
+	}
+	for _, k := range []string{"PGUSER", "PGSERVICE", "PGHOSTADDR", "PGSSLMODE", "AZURE_POSTGRESQL_CONNECTIONSTRING", "AZURE_POSTGRESQL_HOST"} {
+		t.Setenv(k, "")
+	}
+	for _, tt := range []struct {
+		user     string
+		wantCode int
+		want     string
+	}{
+		{"", exitOK, "✓ login      logged in as " + alice.UPN},
+		{"cli-identity", exitFail, "✗ login"},
+	} {
+		t.Setenv("PGUSER", tt.user)
+		var stdout, stderr strings.Builder
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		code := run(ctx, []string{"doctor", "--credential", "cli"}, &stdout, &stderr)
+		cancel()
+		if code != tt.wantCode || stderr.Len() > 0 || !strings.Contains(stdout.String(), tt.want) {
+			t.Errorf("PGUSER=%q: exit %d, stderr %q; want %d and %q:\n%s", tt.user, code, stderr.String(), tt.wantCode, tt.want, stdout.String())
+		}
 	}
 }
