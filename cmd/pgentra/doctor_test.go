@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/pgentra/entraauth/entratest"
 )
 
@@ -339,6 +343,75 @@ func TestDoctorInProcess(t *testing.T) {
 		cancel()
 		if code != tt.wantCode || stderr.Len() > 0 || !strings.Contains(stdout.String(), tt.want) {
 			t.Errorf("PGUSER=%q: exit %d, stderr %q; want %d and %q:\n%s", tt.user, code, stderr.String(), tt.wantCode, tt.want, stdout.String())
+		}
+	}
+}
+
+// TestDoctorTokenStep: the token step's rules, on tokens the emulators do
+// not hand out (issued in this machine's future, not a JWT).
+func TestDoctorTokenStep(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	mint := func(claims jwt.MapClaims) string {
+		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte("doctor test key, not Entra's"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	good := func(mod func(jwt.MapClaims)) string {
+		c := jwt.MapClaims{"aud": "https://ossrdbms-aad.database.windows.net", "upn": "u@contoso.com", "oid": "o", "tid": "t",
+			"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix()}
+		if mod != nil {
+			mod(c)
+		}
+		return mint(c)
+	}
+	d := &doctor{o: &options{}, host: "mysrv.postgres.database.azure.com"}
+	for _, tt := range []struct {
+		name, token, status, want string
+	}{
+		{"good", good(nil), statusPass, "user u@contoso.com (upn claim), expires in"},
+		{"issued in the future", good(func(c jwt.MapClaims) { c["iat"], c["nbf"] = now.Add(time.Hour).Unix(), now.Add(time.Hour).Unix() }),
+			statusFail, "this machine's clock is behind"},
+		{"expired", good(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Minute).Unix() }), statusFail, "the credential handed out an expired token"},
+		{"another audience", good(func(c jwt.MapClaims) { c["aud"] = "https://management.azure.com" }), statusFail, "give --scope https://ossrdbms-aad.database.windows.net/.default"},
+		{"China's server, public token", good(nil), statusFail, "https://ossrdbms-aad.database.chinacloudapi.cn/.default"},
+		{"not a JWT", "not-a-jwt", statusFail, "is not a JWT"},
+	} {
+		dd := *d
+		if strings.HasPrefix(tt.name, "China") {
+			dd.host = "mysrv.postgres.database.chinacloudapi.cn"
+		}
+		s, _ := dd.tokenStep(tt.token)
+		var b strings.Builder
+		if err := (&report{Steps: []*step{s}}).writeText(&b); err != nil {
+			t.Fatal(err)
+		}
+		if s.Status != tt.status || !strings.Contains(b.String(), tt.want) || strings.Contains(b.String(), tt.token) {
+			t.Errorf("%s: %s; want %s and %q\n%s", tt.name, s.Status, tt.status, tt.want, b.String())
+		}
+	}
+}
+
+func TestDoctorAddrKindAndRootName(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]string{
+		"10.1.2.3": "private, RFC 1918", "172.16.0.4": "private, RFC 1918", "192.168.1.1": "private, RFC 1918",
+		"fd00::1": "private, ULA", "127.0.0.1": "loopback", "::1": "loopback", "169.254.1.1": "link-local",
+		"20.42.0.1": "public", "::ffff:10.0.0.1": "private, RFC 1918",
+	} {
+		if got := addrKind(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("addrKind(%s) = %q, want %q", addr, got, want)
+		}
+	}
+	for cn, want := range map[string]string{
+		"DigiCert Global Root G2":    "DigiCert Global Root G2",
+		"Microsoft RSA Root CA 2017": "Microsoft RSA Root CA 2017",
+		"Some Corp Proxy CA":         "other: CN=Some Corp Proxy CA",
+	} {
+		if got := rootName(&x509.Certificate{Subject: pkix.Name{CommonName: cn}}); got != want {
+			t.Errorf("rootName(%s) = %q, want %q", cn, got, want)
 		}
 	}
 }

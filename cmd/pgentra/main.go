@@ -132,6 +132,8 @@ func commonFlagsHelp(cmd string) string {
 		host = "the server: sets PGHOST; its cloud picks the token scope"
 	case "proxy":
 		host = "the server when --upstream is not given; its cloud picks the token scope"
+	case "doctor":
+		host = "the server to check: sets PGHOST; its cloud picks the token scope"
 	}
 	return header + `
   --credential KIND  where the token comes from: default (DefaultAzureCredential),
