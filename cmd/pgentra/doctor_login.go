@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pgentra/entraauth"
@@ -72,6 +73,9 @@ func (d *doctor) loginStep(ctx context.Context, tok string, info *tokenInfo, use
 	}
 	s.Fix = goOptionFlags("doctor").Replace(le.Fix)
 	s.fact("reading", goOptionFlags("doctor").Replace(le.Reading))
+	if pgErr.Code == "28P01" && !strings.Contains(le.Reading, "cannot be told from outside") {
+		s.fact("role exists?", fmt.Sprintf("cannot be told from outside: Azure answers the same for a role %q that does not exist and for one created for another principal", user))
+	}
 	return s.fact("create the role", le.CreateRoleSQL)
 }
 
