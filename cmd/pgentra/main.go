@@ -146,8 +146,16 @@ func commonFlagsHelp(cmd string) string {
                      https://ossrdbms-aad.database.windows.net/.default
   --env-prefix P     prefix of the Service Connector variables (default AZURE_POSTGRESQL)
   --timeout D        give up getting a token after D (default 2m)
-  --help             show this help
+` + versionHelp(cmd) + `  --help             show this help
 `
+}
+
+// versionHelp describes --version, which psql leaves to psql.
+func versionHelp(cmd string) string {
+	if cmd == "psql" {
+		return ""
+	}
+	return "  --version          print pgentra's version, as pgentra version does\n"
 }
 
 const usage = `pgentra: Microsoft Entra ID access tokens for Azure Database for PostgreSQL.
