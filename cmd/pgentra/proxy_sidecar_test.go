@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,11 +78,12 @@ func waitGet(t *testing.T, url string, status int, want string) {
 // gate is a TCP forwarder to target that holds every connection until
 // opened: an upstream that answers only when the test says so.
 type gate struct {
-	l      net.Listener
-	open   chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
-	target string
+	l        net.Listener
+	accepted atomic.Int64
+	open     chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
+	target   string
 }
 
 func newGate(t *testing.T, target string) *gate {
@@ -99,6 +101,7 @@ func newGate(t *testing.T, target string) *gate {
 			if err != nil {
 				return
 			}
+			g.accepted.Add(1)
 			g.wg.Add(1)
 			go func() {
 				defer g.wg.Done()
