@@ -24,6 +24,13 @@ type tokenClaims struct {
 	UniqueName        string `json:"unique_name"`
 	// ObjectID (oid) identifies the principal across its tokens.
 	ObjectID string `json:"oid"`
+	// TenantID (tid), AppID (appid), AuthorizedParty (azp) and
+	// IdentityType (idtyp: "user" or "app") are only read to explain a
+	// failed login (InspectToken).
+	TenantID        string `json:"tid"`
+	AppID           string `json:"appid"`
+	AuthorizedParty string `json:"azp"`
+	IdentityType    string `json:"idtyp"`
 	// ManagedIdentityResourceID (xms_mirid) is in Azure Resource Manager
 	// tokens of managed identities: the identity's Azure resource ID.
 	ManagedIdentityResourceID string `json:"xms_mirid"`

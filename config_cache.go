@@ -44,6 +44,14 @@ func newConnFacts(connString string) *connFacts {
 		return f
 	}
 	service := serviceSettings(settings)
+	switch {
+	case settings["user"] != "":
+		rememberUserSource(settings["user"], "the connection string")
+	case os.Getenv("PGUSER") != "":
+		rememberUserSource(os.Getenv("PGUSER"), "PGUSER")
+	case service["user"] != "":
+		rememberUserSource(service["user"], "the service file")
+	}
 	f.userNamed = settings["user"] != "" || os.Getenv("PGUSER") != "" || service["user"] != ""
 	f.sslModeNamed = settings["sslmode"] != "" || os.Getenv("PGSSLMODE") != "" || service["sslmode"] != ""
 	f.passwordWritten = settings["password"] != ""

@@ -190,6 +190,7 @@ func NewTokenSource(cred azcore.TokenCredential, opts ...Option) *TokenSource {
 	if ts.set.scope != "" {
 		ts.scope.Store(&ts.set.scope)
 	}
+	rememberUserSource(ts.set.user, "entraauth.WithUser")
 	if mp := ts.set.meterProvider; mp != nil && ts.set.err == nil {
 		m, err := newMetrics(mp, ts)
 		if err != nil {

@@ -209,3 +209,34 @@ func ExampleScopeForHost() {
 	// https://ossrdbms-aad.database.windows.net/.default
 	// https://ossrdbms-aad.database.chinacloudapi.cn/.default
 }
+
+// Explain turns a refused login into an error that says which user was
+// sent, where the name came from, who the token was for, and what to do.
+func ExampleExplain() {
+	ctx := context.Background()
+	cred, err := azidentity.NewDefaultAzureCredential(nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig("host=mysrv.postgres.database.azure.com dbname=app sslmode=verify-full")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.BeforeConnect = entraauth.Hook(cred)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		// For example: ... password authentication failed for user "bob@contoso.com" (SQLSTATE 28P01)
+		// entraauth: sent user "bob@contoso.com" (from PGUSER) with a token for user alice@contoso.com (...):
+		// The user name came from PGUSER, but the token is for alice@contoso.com: ... Fix: Remove the user name from PGUSER, ...
+		err = entraauth.Explain(err)
+		var le *entraauth.LoginError
+		if errors.As(err, &le) && le.CreateRoleSQL != "" {
+			log.Printf("an Entra administrator of the server can create the role with: %s", le.CreateRoleSQL)
+		}
+		log.Fatal(err)
+	}
+}

@@ -19,7 +19,8 @@ import (
 //	db := sql.OpenDB(entraauth.Connector("host=srv.postgres.database.azure.com dbname=app sslmode=verify-full", cred))
 //
 // A connection string pgx cannot parse is reported by Connect, and so by
-// db.PingContext and the first query, as ErrInvalidConnString. It is
+// db.PingContext and the first query, as ErrInvalidConnString. A login the
+// server refuses is reported as a *LoginError (see Explain). It is
 // NewTokenSource(cred, opts...).Connector(connString).
 func Connector(connString string, cred azcore.TokenCredential, opts ...Option) driver.Connector {
 	return NewTokenSource(cred, opts...).Connector(connString)
@@ -32,7 +33,21 @@ func (ts *TokenSource) Connector(connString string) driver.Connector {
 	if err != nil {
 		return failingConnector{parseError(err)}
 	}
-	return stdlib.GetConnector(*cfg, stdlib.OptionBeforeConnect(ts.BeforeConnect))
+	return explainingConnector{stdlib.GetConnector(*cfg, stdlib.OptionBeforeConnect(ts.BeforeConnect))}
+}
+
+// explainingConnector is pgx's connector whose login failures are
+// explained (see Explain): a refused login's error says the user sent,
+// where it came from and the token's principal, and still unwraps to pgx's
+// errors.
+type explainingConnector struct{ driver.Connector }
+
+func (c explainingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, Explain(err)
+	}
+	return conn, nil
 }
 
 // parseError describes pgx's error for a connection string it cannot parse

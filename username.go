@@ -86,6 +86,7 @@ func (ts *TokenSource) lookUpManagedIdentityName(scope string, p *principal) (st
 		return "", err
 	}
 	p.derived.Store(&userResult{name: name})
+	rememberManagedIdentity(p.oid, name)
 	ts.set.logger.Info("entraauth: derived the database user name", "user", name, "from", "xms_mirid of a Resource Manager token")
 	return name, nil
 }
