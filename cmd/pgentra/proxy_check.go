@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+
+	"github.com/pgentra/entraauth"
 )
 
-// explain is an error's message with the library's reading of a failed
-// login. It never holds the token.
+// explain is an error's message with the library's reading of a login
+// the server refused (entraauth.Explain): the user sent and where it came
+// from, the token's principal, and the fix. It never holds the token.
 func explain(err error) string {
-	return err.Error()
+	return entraauth.Explain(err).Error()
 }
 
 // connectionTest is --run-connection-test: one token and one upstream

@@ -255,6 +255,14 @@ func TestProxyRunConnectionTest(t *testing.T) {
 		!strings.Contains(r.stderr, `password authentication failed for user "cli-nobody@contoso.com"`) {
 		t.Errorf("connection test with no role: %+v; want exit status 1 and the server's refusal", r)
 	}
+	// Explained by entraauth.Explain: the user sent, the token's
+	// principal, and the SQL that creates the role.
+	for _, want := range []string{`sent user "cli-nobody@contoso.com"`, "Fix:", "pgaadauth_create_principal"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("the connection test's failure does not say %q: %s", want, r.stderr)
+		}
+	}
+	t.Logf("pgentra proxy --run-connection-test, no role:\n%s", r.stderr)
 	if strings.Contains(r.stderr, "listening") {
 		t.Errorf("the proxy listened after a failed connection test: %s", r.stderr)
 	}
