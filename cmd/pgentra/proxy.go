@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgentra/entraauth/internal/proxymetrics"
 	"github.com/pgentra/entraauth/proxy"
 )
 
@@ -192,7 +193,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if po.healthCheck || po.prometheus {
 		var metrics http.Handler
 		if po.prometheus {
-			metrics = metricsHandler(srv)
+			metrics = proxymetrics.Handler(srv)
 		}
 		stopHTTP, err := serveHTTP(po.httpAddress, h.handler(metrics), log)
 		if err != nil {

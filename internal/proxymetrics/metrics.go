@@ -1,4 +1,6 @@
-package main
+// Package proxymetrics exports a proxy.Server's Stats as Prometheus
+// metrics: pgentra proxy --prometheus, and the proxy benchmark.
+package proxymetrics
 
 import (
 	"net/http"
@@ -80,9 +82,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(metricCancels, st.CancelsIgnored, "ignored")
 }
 
-// metricsHandler serves srv's metrics, and the Go runtime's and the
-// process's, from a registry of its own (not the global default).
-func metricsHandler(srv *proxy.Server) http.Handler {
+// Handler serves srv's metrics, and the Go runtime's and the process's,
+// from a registry of its own (not the global default).
+func Handler(srv *proxy.Server) http.Handler {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(statsCollector{srv},
 		collectors.NewGoCollector(),
