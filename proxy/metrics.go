@@ -83,10 +83,16 @@ func failureReason(err error) FailureReason {
 // counters are the Server's counters that its Stats report and the relay
 // moves: atomics only, so that the hot path pays an atomic add at most.
 type counters struct {
-	failedBy                         [len(failureReasons)]atomic.Int64
-	bytesFromClients, bytesToClients atomic.Int64
-	lastLogin                        atomic.Int64 // unix nanoseconds; 0: none yet
-	logins                           durationHistogram
+	failedBy  [len(failureReasons)]atomic.Int64
+	lastLogin atomic.Int64 // unix nanoseconds; 0: none yet
+	logins    durationHistogram
+	// The relay's counters, each on a cache line of its own: every
+	// session's copies add to them.
+	_                [64]byte
+	bytesFromClients atomic.Int64
+	_                [56]byte
+	bytesToClients   atomic.Int64
+	_                [56]byte
 }
 
 // countFailure counts a refused client under reason.

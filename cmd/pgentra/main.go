@@ -171,6 +171,11 @@ Run "pgentra COMMAND --help" for a command's flags. token, user, psql and
 proxy take the credential flags (--credential, --client-id, --tenant,
 --host, --scope, --env-prefix, --timeout).
 
+pgentra proxy runs as a sidecar too: --health-check, --prometheus,
+--run-connection-test, --structured-logs, and every flag as a PGENTRA_…
+variable (PGENTRA_UPSTREAM, PGENTRA_HEALTH_CHECK=true); see
+"pgentra proxy --help".
+
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,
 its server, user and credential (_CLIENTID, _CLIENTSECRET, _TENANTID) are used
 unless flags say otherwise.
