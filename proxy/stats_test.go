@@ -19,6 +19,7 @@ func TestStatsFailedBy(t *testing.T) {
 	const pw = "local-pw"
 	f := newFixture(t, Config{LocalPassword: pw, MaxConnections: 1, StrictUser: true})
 	want := map[FailureReason]int64{}
+	open := 0 // the sessions the test holds open
 	check := func(what string) {
 		t.Helper()
 		st := f.proxy.Stats()
@@ -41,7 +42,11 @@ func TestStatsFailedBy(t *testing.T) {
 			t.Fatalf("%s: %v; want SQLSTATE %s", what, err, code)
 		}
 		want[reason]++
-		waitFor(t, "the refusal to count", func() bool { return f.proxy.Stats().Failed == sumOf(want) })
+		// The refused client's slot frees just after it is told.
+		waitFor(t, "the refusal to count and its slot to free", func() bool {
+			st := f.proxy.Stats()
+			return st.Failed == sumOf(want) && st.Open == open
+		})
 		check(what)
 	}
 	right := "password=" + pw
@@ -70,6 +75,7 @@ func TestStatsFailedBy(t *testing.T) {
 	}
 	before := time.Now()
 	first := connect(t, f.connString(right, "user="+alice.UPN))
+	open = 1
 	if got := queryString(t, first, "select repeat('x', 50000)"); len(got) != 50000 {
 		t.Fatalf("query returned %d bytes", len(got))
 	}
