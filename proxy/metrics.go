@@ -111,8 +111,8 @@ func (c *counters) countLogin(d time.Duration) {
 	c.logins.observe(d)
 }
 
-// LoginBuckets are the upper bounds of Stats.Logins' buckets.
-var LoginBuckets = []time.Duration{
+// loginBuckets are the upper bounds of Stats.Logins' buckets.
+var loginBuckets = [...]time.Duration{
 	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
 	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
 	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second, 30 * time.Second,
@@ -121,7 +121,8 @@ var LoginBuckets = []time.Duration{
 // DurationHistogram counts durations in buckets, cumulatively, as
 // Prometheus histograms do.
 type DurationHistogram struct {
-	// Bounds are the buckets' upper bounds, ascending (LoginBuckets).
+	// Bounds are the buckets' upper bounds, ascending: 5ms, 10ms, 25ms,
+	// 50ms, 100ms, 250ms, 500ms, 1s, 2.5s, 5s, 10s and 30s for Logins.
 	Bounds []time.Duration
 	// Counts[i] counts the durations of at most Bounds[i].
 	Counts []uint64
@@ -132,15 +133,15 @@ type DurationHistogram struct {
 }
 
 // durationHistogram is a DurationHistogram being counted, with
-// LoginBuckets; the last bucket is the overflow.
+// loginBuckets; the last bucket is the overflow.
 type durationHistogram struct {
-	buckets [13]atomic.Uint64 // len(LoginBuckets)+1
+	buckets [len(loginBuckets) + 1]atomic.Uint64
 	sum     atomic.Int64
 }
 
 func (h *durationHistogram) observe(d time.Duration) {
 	i := 0
-	for i < len(LoginBuckets) && d > LoginBuckets[i] {
+	for i < len(loginBuckets) && d > loginBuckets[i] {
 		i++
 	}
 	h.buckets[i].Add(1)
@@ -148,10 +149,10 @@ func (h *durationHistogram) observe(d time.Duration) {
 }
 
 func (h *durationHistogram) snapshot() DurationHistogram {
-	out := DurationHistogram{Bounds: append([]time.Duration(nil), LoginBuckets...), Counts: make([]uint64, len(LoginBuckets))}
+	out := DurationHistogram{Bounds: append([]time.Duration(nil), loginBuckets[:]...), Counts: make([]uint64, len(loginBuckets))}
 	for i := range h.buckets {
 		out.Count += h.buckets[i].Load()
-		if i < len(LoginBuckets) {
+		if i < len(loginBuckets) {
 			out.Counts[i] = out.Count
 		}
 	}
