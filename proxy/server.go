@@ -631,7 +631,9 @@ func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 		_, _ = w.Write(errorResponse(nil, err))
 		_ = w.Flush()
 	}
-	attrs := []any{"client", addrString(conn.RemoteAddr()), "error", oneLine(err.Error())}
+	// A login the server refused is logged as entraauth.Explain reads it:
+	// the user sent, where it came from, the token's principal, the fix.
+	attrs := []any{"client", addrString(conn.RemoteAddr()), "reason", string(failureReason(err)), "error", oneLine(entraauth.Explain(err).Error())}
 	if id != 0 {
 		attrs = append([]any{"session", id}, attrs...)
 	}

@@ -433,6 +433,12 @@ func TestProxyStructuredLogs(t *testing.T) {
 		t.Errorf("exit status %d", code)
 	}
 	checkJSONLines(t, p.stderr.String(), "pgentra proxy: listening", "pgentra proxy: session refused", "pgentra proxy: shutting down")
+	// The refusal is explained (entraauth.Explain), with its reason.
+	for _, want := range []string{`"reason":"upstream_login"`, `sent user \"someone-else\"`, "Fix:"} {
+		if !strings.Contains(p.stderr.String(), want) {
+			t.Errorf("the refused session's line lacks %s: %s", want, p.stderr.String())
+		}
+	}
 
 	r = pgentra(t, childEnv("PGENTRA_MAX_CONNECTIONS=-1"), "proxy", "--structured-logs", "--credential", "cli", "--upstream", "srv.example")
 	if r.code != 2 {
