@@ -549,3 +549,19 @@ func TestSubcommandVersion(t *testing.T) {
 		}
 	}
 }
+
+// proxy --help documents the production flags, the endpoints' answers and
+// the PGENTRA_ rule; pgentra help points to them.
+func TestProxyHelpProduction(t *testing.T) {
+	r := pgentra(t, childEnv(), "proxy", "--help")
+	for _, want := range []string{"--health-check", "--prometheus", "--http-address ADDR", "--readiness-window D", "--run-connection-test",
+		"--structured-logs", "--version", `/startup    200 "ok"`, `/liveness   200 "ok"`, `/readiness  200 "ok"`, `"shutting down"`,
+		"PGENTRA_UPSTREAM", "A flag\non the command line wins over its variable"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("pgentra proxy --help lacks %q", want)
+		}
+	}
+	if r := pgentra(t, childEnv(), "help"); !strings.Contains(r.stdout, "--health-check") || !strings.Contains(r.stdout, "PGENTRA_") {
+		t.Errorf("pgentra help does not mention the sidecar flags: %s", r.stdout)
+	}
+}
