@@ -30,6 +30,13 @@
 // smart shutdown: new sessions are refused with 57P03 and cancel requests
 // are still forwarded while open sessions finish.
 //
+// For health checks and metrics, Server.Stats counts sessions open,
+// opened and failed (by FailureReason), bytes relayed (as they are
+// relayed, with an atomic add per write), upstream logins by duration and
+// the TokenSource's fetches and expiry; Server.CheckUpstream logs in once,
+// as a session would, and is what pgentra proxy's --run-connection-test
+// and /readiness use.
+//
 // The token never appears in a log line or an error. Anyone who can
 // connect to the proxy acts as its identity: listen on loopback or a unix
 // socket, and set Config.LocalPassword on shared machines.

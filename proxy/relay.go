@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // relayBufSize is the size of each direction's copy buffer: a TLS record's
@@ -19,18 +20,19 @@ var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); ret
 // (pg_terminate_backend, idle_session_timeout, a restart) has its last
 // message relayed and then the client's connection closed, as a direct
 // connection would be. It returns the bytes sent each way and the first
-// error that was not a normal end of session.
-func relay(client, server net.Conn) (toServer, toClient int64, err error) {
+// error that was not a normal end of session. Each write is also added to
+// the counters fromClients and toClients as it is made.
+func relay(client, server net.Conn, fromClients, toClients *atomic.Int64) (toServer, toClient int64, err error) {
 	errc := make(chan error, 1)
 	go func() {
 		var err error
-		toClient, err = copyConn(client, server)
+		toClient, err = copyConn(client, server, toClients)
 		// The server ended: closing both ends the other copy.
 		client.Close()
 		server.Close()
 		errc <- err
 	}()
-	toServer, err = copyConn(server, client)
+	toServer, err = copyConn(server, client, fromClients)
 	// The client ended: closing both ends the other copy.
 	client.Close()
 	server.Close()
@@ -43,8 +45,8 @@ func relay(client, server net.Conn) (toServer, toClient int64, err error) {
 
 // copyConn copies src to dst with a pooled buffer until src ends, writing
 // each read at once: the protocol is request and answer, so nothing waits
-// for a buffer to fill.
-func copyConn(dst, src net.Conn) (int64, error) {
+// for a buffer to fill. Each write's bytes are added to total too.
+func copyConn(dst, src net.Conn, total *atomic.Int64) (int64, error) {
 	bp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bp)
 	buf := *bp
@@ -54,6 +56,7 @@ func copyConn(dst, src net.Conn) (int64, error) {
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
+			total.Add(int64(nw))
 			if werr != nil {
 				return n, quiet(werr)
 			}

@@ -126,6 +126,7 @@ type Server struct {
 	nextID                           atomic.Uint64
 	opened, failed                   atomic.Int64
 	cancelsForwarded, cancelsIgnored atomic.Int64
+	counters
 }
 
 // Stats counts a Server's work.
@@ -145,6 +146,20 @@ type Stats struct {
 	CancelsForwarded int64
 	// CancelsIgnored counts cancel requests whose key matched no session.
 	CancelsIgnored int64
+	// FailedBy counts Failed by reason; every FailureReason has an entry.
+	FailedBy map[FailureReason]int64
+	// BytesFromClients and BytesToClients count the bytes relayed from
+	// clients to the upstream server and back, as they are relayed (not
+	// only when a session ends); the sessions' startup is not counted.
+	BytesFromClients, BytesToClients int64
+	// LastLogin is when the last successful upstream login (a session's
+	// or CheckUpstream's) finished; zero before the first.
+	LastLogin time.Time
+	// Logins counts the successful upstream logins, a session's or
+	// CheckUpstream's, by how long getting the token and logging in took.
+	Logins DurationHistogram
+	// Token is the TokenSource's Stats: token fetches, failures, expiry.
+	Token entraauth.Stats
 }
 
 // New checks cfg and returns a Server. Nothing is dialled until a client
@@ -334,10 +349,20 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	open, starting := s.slots, s.starting
 	s.mu.Unlock()
-	return Stats{
+	st := Stats{
 		Open: open, Starting: starting, Opened: s.opened.Load(), Failed: s.failed.Load(),
 		CancelsForwarded: s.cancelsForwarded.Load(), CancelsIgnored: s.cancelsIgnored.Load(),
+		FailedBy:         make(map[FailureReason]int64, len(failureReasons)),
+		BytesFromClients: s.bytesFromClients.Load(), BytesToClients: s.bytesToClients.Load(),
+		Logins: s.logins.snapshot(), Token: s.cfg.TokenSource.Stats(),
 	}
+	for i, r := range failureReasons {
+		st.FailedBy[r] = s.failedBy[i].Load()
+	}
+	if ns := s.lastLogin.Load(); ns != 0 {
+		st.LastLogin = time.Unix(0, ns)
+	}
+	return st
 }
 
 // acquire takes a session slot; false when MaxConnections are open.
@@ -403,6 +428,7 @@ func (s *Server) refuseTooMany(c net.Conn) {
 		}
 	}
 	s.failed.Add(1)
+	s.countFailure(FailOverLimit)
 	_ = c.SetDeadline(time.Now().Add(startupLinger))
 	_, _ = c.Write(errorResponse(nil, &clientError{code: "53300", msg: "sorry, too many clients already",
 		detail: fmt.Sprintf("pgentra proxy allows %d connections in startup at once (--max-connections).", s.startupLimit())}))
@@ -467,7 +493,7 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	}
 	if s.cfg.LocalPassword != "" {
 		if err := checkPassword(conn, w, clientUser, s.cfg.LocalPassword); err != nil {
-			s.refuse(conn, w, id, err)
+			s.refuse(conn, w, id, failedAs(FailLocalAuth, err))
 			return
 		}
 	}
@@ -490,14 +516,14 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	_ = conn.SetDeadline(time.Time{})
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
 	stopWatch := watchClient(conn, cancel)
-	up, err := s.dialUpstream(ctx, clientUser, database, params)
+	up, err := s.dialUpstream(ctx, &clientUser, database, params)
 	early, left := stopWatch()
 	cancel()
 	if left != nil {
 		if up != nil {
 			up.conn.Close()
 		}
-		s.refuse(conn, nil, id, fmt.Errorf("the client left while its session was being opened: %w", left))
+		s.refuse(conn, nil, id, failedAs(FailClientLeft, fmt.Errorf("the client left while its session was being opened: %w", left)))
 		return
 	}
 	// The answer, a session or an error, gets a fresh deadline.
@@ -528,7 +554,7 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 		err = w.Flush()
 	}
 	if err != nil {
-		s.refuse(conn, nil, id, fmt.Errorf("sending the session's start to the client: %w", err))
+		s.refuse(conn, nil, id, failedAs(FailClientLeft, fmt.Errorf("sending the session's start to the client: %w", err)))
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
@@ -548,7 +574,7 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 	}
 	s.log.Info("pgentra proxy: session opened", "session", id, "client", conn.RemoteAddr().String(),
 		"database", database, "user", up.user, "application_name", params["application_name"], "client_tls", h.tls)
-	toServer, toClient, err := relay(conn, up.conn)
+	toServer, toClient, err := relay(conn, up.conn, &s.bytesFromClients, &s.bytesToClients)
 	attrs := []any{"session", id, "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_from_client", toServer, "bytes_to_client", toClient}
 	if err != nil {
@@ -595,6 +621,7 @@ func watchClient(conn net.Conn, cancel context.CancelFunc) (stop func() (early [
 // line.
 func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 	s.failed.Add(1)
+	s.countFailure(failureReason(err))
 	var ce *clientError
 	var ue *upstreamError
 	if errors.As(err, &ce) || errors.As(err, &ue) || (id != 0 && !connFailed(err)) {
@@ -604,7 +631,9 @@ func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 		_, _ = w.Write(errorResponse(nil, err))
 		_ = w.Flush()
 	}
-	attrs := []any{"client", addrString(conn.RemoteAddr()), "error", oneLine(err.Error())}
+	// A login the server refused is logged as entraauth.Explain reads it:
+	// the user sent, where it came from, the token's principal, the fix.
+	attrs := []any{"client", addrString(conn.RemoteAddr()), "reason", string(failureReason(err)), "error", oneLine(entraauth.Explain(err).Error())}
 	if id != 0 {
 		attrs = append([]any{"session", id}, attrs...)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -54,7 +55,10 @@ func withUser(connString, user string) string {
 // connection string, else Upstream's (or PGUSER's), else the token's
 // principal, which the TokenSource derives by the library's rules. With
 // StrictUser, a client naming another user is refused before the login.
-func (s *Server) dialUpstream(ctx context.Context, clientUser, database string, params map[string]string) (*upstream, error) {
+// clientUser is nil for CheckUpstream, which has no client to refuse.
+// A successful login is counted in Stats.LastLogin and Stats.Logins.
+func (s *Server) dialUpstream(ctx context.Context, clientUser *string, database string, params map[string]string) (*upstream, error) {
+	start := time.Now()
 	cfg := s.base.Copy()
 	if database != "" {
 		cfg.Database = database
@@ -70,11 +74,11 @@ func (s *Server) dialUpstream(ctx context.Context, clientUser, database string, 
 	}
 	cfg.RuntimeParams = rp
 	if err := s.cfg.TokenSource.BeforeConnect(ctx, cfg); err != nil {
-		return nil, &upstreamError{stage: "getting an Entra token", err: err}
+		return nil, &upstreamError{stage: stageToken, err: err}
 	}
-	if s.cfg.StrictUser && clientUser != cfg.User {
+	if s.cfg.StrictUser && clientUser != nil && *clientUser != cfg.User {
 		return nil, &clientError{code: "28000", // invalid_authorization_specification
-			msg:  fmt.Sprintf("pgentra proxy: user %q is not this proxy's user: sessions log in as %q", clientUser, cfg.User),
+			msg:  fmt.Sprintf("pgentra proxy: user %q is not this proxy's user: sessions log in as %q", *clientUser, cfg.User),
 			hint: fmt.Sprintf("Connect with user=%s, or run the proxy without --strict-user to ignore the client's user name.", cfg.User)}
 	}
 	// What pgconn reads and would otherwise drop goes to the client:
@@ -110,6 +114,7 @@ func (s *Server) dialUpstream(ctx context.Context, clientUser, database string, 
 		return nil, &upstreamError{stage: "taking over the upstream connection", err: err}
 	}
 	up.conn, up.params, up.txStatus, up.cancel = hc.Conn, hc.ParameterStatuses, hc.TxStatus, newCancelTarget(hc)
+	s.countLogin(time.Since(start))
 	return up, nil
 }
 
@@ -123,6 +128,9 @@ func noticeResponse(n *pgconn.Notice) *pgproto3.NoticeResponse {
 		File: n.File, Line: n.Line, Routine: n.Routine,
 	}
 }
+
+// stageToken is the stage of an upstreamError getting the token.
+const stageToken = "getting an Entra token"
 
 // upstreamError is a failure to open an upstream session. It never holds
 // the token: neither entraauth's nor pgconn's errors contain a password.
@@ -150,7 +158,7 @@ func (e *upstreamError) response() *pgproto3.ErrorResponse {
 		}
 	}
 	code := "08001" // sqlclient_unable_to_establish_sqlconnection
-	if e.stage == "getting an Entra token" {
+	if e.stage == stageToken {
 		code = "28000" // invalid_authorization_specification
 	}
 	return &pgproto3.ErrorResponse{

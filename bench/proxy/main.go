@@ -29,6 +29,12 @@
 // pgbouncer path), against pgbouncer in front of the proxy engine on a
 // unix socket (no password in pgbouncer; the proxy logs in with the
 // TokenSource's token over verified TLS).
+//
+// With -paths proxy,proxy-metrics it measures the cost of pgentra proxy
+// --prometheus: proxy-metrics is a second proxy engine, configured the
+// same, whose Prometheus handler (internal/proxymetrics, as --prometheus
+// serves it) is scraped over HTTP every -scrape-interval while its run
+// lasts; the scrapes' CPU counts in its hop CPU.
 package main
 
 import (
@@ -39,6 +45,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,12 +55,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pgentra/entraauth"
 	"github.com/pgentra/entraauth/entratest"
 	"github.com/pgentra/entraauth/internal/pgtest"
+	"github.com/pgentra/entraauth/internal/proxymetrics"
 	"github.com/pgentra/entraauth/proxy"
 )
 
@@ -63,14 +72,15 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench -i scale")
 	profile := flag.String("cpuprofile", "proxy-cpu.pprof", "where to write the proxy's CPU profile (last round)")
 	unix := flag.Bool("unix", false, "also measure clients reaching the proxy over a unix socket (proxy-unix)")
+	scrapeEvery := flag.Duration("scrape-interval", time.Second, "how often proxy-metrics is scraped during its runs")
 	pathList := flag.String("paths", "direct,proxy,pgbouncer",
-		"the paths to measure, in round order: direct, proxy, pgbouncer, pgbouncer-tx (transaction mode, static password), pgbouncer-tx-proxy (transaction mode, to the proxy on a unix socket)")
+		"the paths to measure, in round order: direct, proxy, pgbouncer, pgbouncer-tx (transaction mode, static password), pgbouncer-tx-proxy (transaction mode, to the proxy on a unix socket), proxy-metrics (the proxy with its Prometheus handler scraped)")
 	flag.Parse()
 	paths := strings.Split(*pathList, ",")
 	if *unix {
 		paths = append(paths, "proxy-unix")
 	}
-	if err := run(*duration, *rounds, *scale, *profile, paths); err != nil {
+	if err := run(*duration, *rounds, *scale, *profile, paths, *scrapeEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
 		os.Exit(1)
 	}
@@ -78,9 +88,9 @@ func main() {
 
 const role = "bench-alice@contoso.com"
 
-func run(duration time.Duration, rounds, scale int, profile string, paths []string) error {
+func run(duration time.Duration, rounds, scale int, profile string, paths []string, scrapeEvery time.Duration) error {
 	for _, p := range paths {
-		if !slices.Contains([]string{"direct", "proxy", "pgbouncer", "pgbouncer-tx", "pgbouncer-tx-proxy", "proxy-unix"}, p) {
+		if !slices.Contains([]string{"direct", "proxy", "pgbouncer", "pgbouncer-tx", "pgbouncer-tx-proxy", "proxy-unix", "proxy-metrics"}, p) {
 			return fmt.Errorf("unknown path %q in -paths", p)
 		}
 	}
@@ -132,6 +142,13 @@ func run(duration time.Duration, rounds, scale int, profile string, paths []stri
 	defer srv.Close()
 	_, proxyPort, _ := net.SplitHostPort(pl.Addr().String())
 	viaProxy := fmt.Sprintf("host=127.0.0.1 port=%s dbname=bench sslmode=disable", proxyPort)
+
+	// proxy-metrics: the same engine, with its Prometheus handler on HTTP.
+	viaMetrics, scrapeOn, scrapes, err := startMetricsProxy(ts, pg, scrapeEvery)
+	if err != nil {
+		return err
+	}
+	defer scrapeOn(false)
 
 	// The proxy's unix socket, for proxy-unix and for pgbouncer-tx-proxy
 	// (as pgbouncer's OS user: pgentra proxy --unix-socket makes it 0600).
@@ -205,6 +222,9 @@ func run(duration time.Duration, rounds, scale int, profile string, paths []stri
 				conn, cpu = viaBouncer(path), func() time.Duration { return b.cpu() + selfCPU() }
 			case "proxy-unix":
 				conn, cpu = viaProxyUnix, selfCPU
+			case "proxy-metrics":
+				conn, cpu = viaMetrics, selfCPU
+				scrapeOn(true)
 			}
 			if path == "proxy" && r == rounds && profile != "" {
 				f, err := os.Create(profile)
@@ -218,6 +238,9 @@ func run(duration time.Duration, rounds, scale int, profile string, paths []stri
 			c0 := cpu()
 			out, err := pgbench(tok.Value, append(args, conn)...)
 			c1 := cpu()
+			if path == "proxy-metrics" {
+				scrapeOn(false)
+			}
 			if path == "proxy" && r == rounds && profile != "" {
 				pprof.StopCPUProfile()
 			}
@@ -249,10 +272,14 @@ func run(duration time.Duration, rounds, scale int, profile string, paths []stri
 		{"proxy", "pgbouncer"}, {"proxy", "direct"}, {"pgbouncer", "direct"},
 		{"proxy-unix", "direct"}, {"proxy-unix", "pgbouncer"},
 		{"pgbouncer-tx-proxy", "pgbouncer-tx"}, {"pgbouncer-tx", "direct"}, {"pgbouncer-tx-proxy", "direct"},
+		{"proxy-metrics", "proxy"},
 	} {
 		if tps[pair[0]] != nil && tps[pair[1]] != nil {
 			fmt.Printf("  %s / %s %.3f\n", pair[0], pair[1], ratio(pair[0], pair[1]))
 		}
+	}
+	if tps["proxy-metrics"] != nil {
+		fmt.Printf("proxy-metrics scrapes: %d (every %v during its runs), each checked for pgentra_proxy_sessions_opened_total\n", scrapes(), scrapeEvery)
 	}
 	fmt.Printf("GOMAXPROCS %d, %s\n", runtime.GOMAXPROCS(0), runtime.Version())
 	if profile != "" {
@@ -454,4 +481,68 @@ func uidOf(name string) int {
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 	return n
+}
+
+// startMetricsProxy starts a second proxy engine like the first, with its
+// Prometheus handler (as pgentra proxy --prometheus serves it) on a
+// loopback HTTP listener. on(true) starts scraping it every interval, as
+// Prometheus would; on(false) stops. scrapes counts the good scrapes.
+func startMetricsProxy(ts *entraauth.TokenSource, pg *pgtest.Server, interval time.Duration) (conn string, on func(bool), scrapes func() int64, err error) {
+	srv, err := proxy.New(proxy.Config{
+		Upstream:    fmt.Sprintf("host=127.0.0.1 port=%d sslmode=verify-full sslrootcert=%s", pg.Port, pg.CAFile),
+		TokenSource: ts,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		return "", nil, nil, err
+	}
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	go func() { _ = srv.Serve(pl) }()
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	hs := &http.Server{Handler: proxymetrics.Handler(srv), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(hl) }()
+	url := "http://" + hl.Addr().String() + "/metrics"
+	var good atomic.Int64
+	var stop chan struct{}
+	var done chan struct{}
+	on = func(start bool) {
+		if stop != nil {
+			close(stop)
+			<-done
+			stop = nil
+		}
+		if !start {
+			return
+		}
+		stop, done = make(chan struct{}), make(chan struct{})
+		go func(stop, done chan struct{}) {
+			defer close(done)
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+				resp, err := http.Get(url)
+				if err != nil {
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if strings.Contains(string(b), "pgentra_proxy_sessions_opened_total") {
+					good.Add(1)
+				}
+			}
+		}(stop, done)
+	}
+	_, port, _ := net.SplitHostPort(pl.Addr().String())
+	return fmt.Sprintf("host=127.0.0.1 port=%s dbname=bench sslmode=disable", port), on, good.Load, nil
 }

@@ -51,13 +51,17 @@ func newFlagSet(name string, stderr io.Writer, o *options) *flag.FlagSet {
 	fs.StringVar(&o.scope, "scope", "", "")
 	fs.StringVar(&o.envPrefix, "env-prefix", entraauth.DefaultEnvPrefix, "")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "")
+	if name != "psql" { // psql's --version is psql's
+		fs.Bool("version", false, "")
+	}
 	return fs
 }
 
 // parseFlags parses a subcommand's flags. It returns false with the exit
 // status when the command ends here: after printing help on stdout for
 // --help (the subcommand's help, then the common flags), or after a flag
-// error (which flag has printed on stderr).
+// error (which flag has printed on stderr), or after printing the
+// version for --version.
 func parseFlags(fs *flag.FlagSet, args []string, help string, stdout, stderr io.Writer) (int, bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -66,6 +70,9 @@ func parseFlags(fs *flag.FlagSet, args []string, help string, stdout, stderr io.
 		}
 		fmt.Fprintf(stderr, "run \"%s --help\" for help\n", fs.Name())
 		return exitUsage, false
+	}
+	if v := fs.Lookup("version"); v != nil && v.Value.String() == "true" {
+		return runVersion(context.Background(), nil, stdout, stderr), false
 	}
 	return exitOK, true
 }

@@ -150,8 +150,16 @@ func commonFlagsHelp(cmd string) string {
                      https://ossrdbms-aad.database.windows.net/.default
   --env-prefix P     prefix of the Service Connector variables (default AZURE_POSTGRESQL)
   --timeout D        give up getting a token after D (default 2m)
-  --help             show this help
+` + versionHelp(cmd) + `  --help             show this help
 `
+}
+
+// versionHelp describes --version, which psql leaves to psql.
+func versionHelp(cmd string) string {
+	if cmd == "psql" {
+		return ""
+	}
+	return "  --version          print pgentra's version, as pgentra version does\n"
 }
 
 const usage = `pgentra: Microsoft Entra ID access tokens for Azure Database for PostgreSQL.
@@ -168,6 +176,11 @@ Usage:
 Run "pgentra COMMAND --help" for a command's flags. token, user, psql,
 proxy and doctor take the credential flags (--credential, --client-id, --tenant,
 --host, --scope, --env-prefix, --timeout).
+
+pgentra proxy runs as a sidecar too: --health-check, --prometheus,
+--run-connection-test, --structured-logs, and every flag as a PGENTRA_…
+variable (PGENTRA_UPSTREAM, PGENTRA_HEALTH_CHECK=true); see
+"pgentra proxy --help".
 
 Service Connector: when AZURE_POSTGRESQL_CONNECTIONSTRING (or _HOST) is set,
 its server, user and credential (_CLIENTID, _CLIENTSECRET, _TENANTID) are used

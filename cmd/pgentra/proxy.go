@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgentra/entraauth/internal/proxymetrics"
 	"github.com/pgentra/entraauth/proxy"
 )
 
@@ -56,6 +60,48 @@ Proxy flags:
   --shutdown-timeout D      on SIGINT/SIGTERM, wait up to D for sessions (default
                             30s); a second signal closes them at once
 
+Production flags (for a sidecar; see "Running the proxy as a sidecar" in
+the README):
+  --health-check            serve /startup, /liveness and /readiness on
+                            --http-address (below)
+  --prometheus              serve /metrics (Prometheus text format) on
+                            --http-address: pgentra_proxy_… metrics, go_…, process_…
+  --http-address ADDR       the HTTP listener of --health-check and --prometheus
+                            (default 127.0.0.1:9090). Any address may be given:
+                            it serves status and counters, no database access.
+                            In Kubernetes the kubelet probes the pod's IP: use
+                            0.0.0.0:9090 there, and keep the port off the internet
+  --readiness-window D      /readiness is 200 without a login of its own when an
+                            upstream login succeeded within D (default 1m)
+  --run-connection-test     at startup, get a token and log in upstream once
+                            (Upstream's database, else postgres) before serving;
+                            on failure, say why and exit 1
+  --structured-logs         log JSON lines (log/slog) instead of text
+  --version                 print pgentra's version and exit
+
+Health endpoints (GET or HEAD; plain-text body of one line):
+  /startup    200 "ok" once the listeners serve (after the connection test);
+              503 "starting" before
+  /liveness   200 "ok" while the process serves, also while the credential or
+              the server fails (a restart would not mend Azure, and would drop
+              the open sessions and the cached token) and while draining;
+              503 "a listener failed" only when the proxy cannot accept clients
+  /readiness  200 "ok" when an upstream login (a session's, or its own)
+              succeeded within --readiness-window and the cached token has
+              not expired; else it logs in upstream itself (one login at a
+              time, shared by concurrent probes; a failure is reused for 5s),
+              answering within 10s. 503 with the reason otherwise: "starting",
+              "shutting down" (from the first SIGTERM), "no Entra token …",
+              "the upstream server refused the login: SQLSTATE 28P01 …",
+              "the upstream login failed …"; the proxy's log has the error.
+
+Environment: every flag above, and the credential flags, can be set with
+PGENTRA_ and the flag's name upper-cased, - as _ (PGENTRA_UPSTREAM,
+PGENTRA_HEALTH_CHECK=true, PGENTRA_CREDENTIAL=workload-identity). A flag
+on the command line wins over its variable; a variable with a bad value is
+a usage error (exit 2) naming it; a PGENTRA_ variable that names no flag is
+logged as a warning.
+
 Examples:
   pgentra proxy --upstream mysrv.postgres.database.azure.com
   psql "host=127.0.0.1 dbname=postgres"     # in another terminal; no password
@@ -70,6 +116,10 @@ type proxyOptions struct {
 	allowRemote, strictUser                          bool
 	maxConns                                         int
 	shutdownTimeout                                  time.Duration
+
+	healthCheck, prometheus, connTest, structuredLogs bool
+	httpAddress                                       string
+	readinessWindow                                   time.Duration
 }
 
 // runProxy runs the proxy until ctx ends (SIGINT, SIGTERM).
@@ -90,26 +140,87 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&po.sslmode, "sslmode", "verify-full", "")
 	fs.StringVar(&po.sslrootcert, "sslrootcert", "", "")
 	fs.DurationVar(&po.shutdownTimeout, "shutdown-timeout", 30*time.Second, "")
+	fs.BoolVar(&po.healthCheck, "health-check", false, "")
+	fs.BoolVar(&po.prometheus, "prometheus", false, "")
+	fs.StringVar(&po.httpAddress, "http-address", "127.0.0.1:9090", "")
+	fs.DurationVar(&po.readinessWindow, "readiness-window", defaultReadinessWindow, "")
+	fs.BoolVar(&po.connTest, "run-connection-test", false, "")
+	fs.BoolVar(&po.structuredLogs, "structured-logs", false, "")
 	if code, ok := parseFlags(fs, args, proxyHelp, stdout, stderr); !ok {
 		return code
 	}
+	unknownEnv, envErr := applyEnv(fs, os.Environ())
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if po.structuredLogs {
+		log = slog.New(slog.NewJSONHandler(stderr, nil))
+	}
+	// fail, once the logger is chosen: JSON lines with --structured-logs.
+	fail := func(err error) int {
+		if !po.structuredLogs {
+			return fail(stderr, "proxy", err)
+		}
+		log.Error("pgentra proxy: "+cliMessage("proxy", err), "exit_status", exitStatus(err))
+		return exitStatus(err)
+	}
+	if envErr != nil {
+		return fail(envErr)
+	}
 	if fs.NArg() > 0 {
-		return fail(stderr, "proxy", fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0)))
+		return fail(fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0)))
+	}
+	for _, name := range unknownEnv {
+		log.Warn("pgentra proxy: environment variable "+name+" names no flag; ignored", "variable", name)
+	}
+	if err := po.checkHTTP(fs); err != nil {
+		return fail(err)
 	}
 	// Signals are counted here too: the first (which also ends ctx)
 	// starts the graceful shutdown, the second ends it at once.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	log := slog.New(slog.NewTextHandler(stderr, nil))
 	srv, listeners, err := po.start(&o, log)
 	if err != nil {
-		return fail(stderr, "proxy", err)
+		return fail(err)
+	}
+	hctx, hcancel := context.WithCancel(context.Background())
+	defer hcancel()
+	var h *health
+	if po.healthCheck {
+		h = &health{srv: srv, log: log, window: po.readinessWindow, ctx: hctx}
+		defer h.wait()
+	}
+	if po.healthCheck || po.prometheus {
+		var metrics http.Handler
+		if po.prometheus {
+			metrics = proxymetrics.Handler(srv)
+		}
+		stopHTTP, err := serveHTTP(po.httpAddress, h.handler(metrics), log)
+		if err != nil {
+			closeAll(listeners)
+			return fail(err)
+		}
+		// Last: the probes and metrics answer during the drain.
+		defer stopHTTP()
+		defer hcancel()
+	}
+	if po.connTest {
+		log.Info("pgentra proxy: connection test: getting a token and logging in upstream")
+		if err := connectionTest(ctx, srv.CheckUpstream); err != nil && ctx.Err() == nil {
+			closeAll(listeners)
+			return fail(err)
+		}
+		if ctx.Err() == nil {
+			log.Info("pgentra proxy: connection test passed")
+		}
 	}
 	errc := make(chan error, len(listeners))
 	for _, l := range listeners {
 		log.Info("pgentra proxy: listening", "addr", l.Addr().String())
 		go func() { errc <- srv.Serve(l) }()
+	}
+	if h != nil {
+		h.started.Store(true)
 	}
 	signals := 0
 	select {
@@ -117,7 +228,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	case <-sigs:
 		signals++
 	case err = <-errc:
+		if h != nil {
+			h.broken.Store(true)
+		}
 		log.Error("pgentra proxy: listener failed", "error", err.Error())
+	}
+	if h != nil {
+		h.draining.Store(true)
 	}
 	log.Info("pgentra proxy: shutting down: no new sessions; cancel requests are still forwarded; a second SIGINT or SIGTERM closes the sessions",
 		"open_sessions", srv.Stats().Open, "timeout", po.shutdownTimeout)
@@ -335,4 +452,38 @@ func connString(kv ...string) string {
 		b.WriteByte('\'')
 	}
 	return b.String()
+}
+
+// checkHTTP checks the flags of the HTTP listener.
+func (po *proxyOptions) checkHTTP(fs *flag.FlagSet) error {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "http-address" })
+	if !po.healthCheck && !po.prometheus {
+		if given {
+			return fmt.Errorf("%w: --http-address serves --health-check and --prometheus: give one of them", errUsage)
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(po.httpAddress); err != nil {
+		return fmt.Errorf("%w: --http-address %q: %v", errUsage, po.httpAddress, err)
+	}
+	if po.readinessWindow <= 0 {
+		return fmt.Errorf("%w: --readiness-window must be positive", errUsage)
+	}
+	return nil
+}
+
+// closeAll closes listeners not yet served.
+func closeAll(listeners []net.Listener) {
+	for _, l := range listeners {
+		l.Close()
+	}
+}
+
+// exitStatus is fail's exit status for err.
+func exitStatus(err error) int {
+	if errors.Is(err, errUsage) {
+		return exitUsage
+	}
+	return exitFail
 }

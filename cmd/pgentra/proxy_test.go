@@ -47,7 +47,9 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-var listeningRE = regexp.MustCompile(`msg="pgentra proxy: listening" addr=(\S+)`)
+// listeningRE finds the address in the "listening" log line, text or JSON
+// (--structured-logs).
+var listeningRE = regexp.MustCompile(`(?:msg="pgentra proxy: listening" addr=|"msg":"pgentra proxy: listening","addr":")([^\s"]+)`)
 
 // startProxyCmd runs pgentra proxy with args (listening on a free
 // loopback port unless args say otherwise) and waits until it listens.
