@@ -121,8 +121,8 @@ type Server struct {
 	cfg   Config
 	base  *pgx.ConnConfig
 	local *localAuth // the local password's check; nil without one
-	log  *slog.Logger
-	keys cancelKeys
+	log   *slog.Logger
+	keys  cancelKeys
 
 	// ctx ends when sessions are closed by force, ending upstream logins
 	// and cancel requests in flight.
