@@ -411,3 +411,42 @@ func TestLocalAuthConfig(t *testing.T) {
 		}
 	}
 }
+
+// Many clients at once, right and wrong passwords mixed, share the one
+// SCRAM server: each gets its own answer.
+func TestLocalSCRAMConcurrent(t *testing.T) {
+	f := newFixture(t, Config{LocalPassword: localPassword})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, refused := 0, 0
+	for i := range 40 {
+		wg.Go(func() {
+			pw := localPassword
+			if i%2 == 1 {
+				pw = "wrong " + localPassword
+			}
+			conn, err := pgx.Connect(testCtx(t), f.connString("password='"+pw+"'", "require_auth=scram-sha-256"))
+			var pgErr *pgconn.PgError
+			switch {
+			case err == nil && i%2 == 0:
+				conn.Close(context.Background())
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			case errors.As(err, &pgErr) && pgErr.Code == "28P01" && i%2 == 1:
+				mu.Lock()
+				refused++
+				mu.Unlock()
+			default:
+				t.Errorf("client %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if ok != 20 || refused != 20 {
+		t.Errorf("%d logged in and %d refused; want 20 and 20", ok, refused)
+	}
+	if n := f.srv.Stats().Accepted; n != 20 {
+		t.Errorf("%d upstream logins; want 20", n)
+	}
+}
