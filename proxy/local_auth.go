@@ -259,8 +259,7 @@ func readAuthMessage(conn net.Conn, what string) ([]byte, error) {
 }
 
 // setupLocalAuth checks cfg's LocalAuth and prepares the local password's
-// check (nil without a password), clearing cfg.LocalPassword; it gives
-// cfg.TLSConfig the ALPN protocol "postgresql", on a copy.
+// check (nil without a password), clearing cfg.LocalPassword.
 func setupLocalAuth(cfg *Config, log *slog.Logger) (*localAuth, error) {
 	switch cfg.LocalAuth {
 	case "":
@@ -268,11 +267,6 @@ func setupLocalAuth(cfg *Config, log *slog.Logger) (*localAuth, error) {
 	case LocalAuthSCRAM, LocalAuthPassword:
 	default:
 		return nil, fmt.Errorf("proxy: Config.LocalAuth must be %q or %q, not %q", LocalAuthSCRAM, LocalAuthPassword, cfg.LocalAuth)
-	}
-	if cfg.TLSConfig != nil {
-		tc := cfg.TLSConfig.Clone()
-		tc.NextProtos = []string{alpnPostgreSQL}
-		cfg.TLSConfig = tc
 	}
 	if cfg.LocalPassword == "" {
 		return nil, nil

@@ -450,3 +450,25 @@ func TestLocalSCRAMConcurrent(t *testing.T) {
 		t.Errorf("%d upstream logins; want 20", n)
 	}
 }
+
+// A password SASLprep changes (a no-break space is mapped to a space) is
+// prepared as PostgreSQL prepares it: psql and pgx, which prepare it too,
+// log in with it.
+func TestLocalSCRAMSASLprep(t *testing.T) {
+	const pw = "l0cal\u00a0pässwörd"
+	f := newFixture(t, Config{LocalPassword: pw})
+	conn := connect(t, f.connString("password='"+pw+"'", "require_auth=scram-sha-256"))
+	if got := queryString(t, conn, "select current_user"); got != alice.UPN {
+		t.Errorf("current_user = %q", got)
+	}
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		return
+	}
+	host, port, _ := net.SplitHostPort(f.addr)
+	cmd := exec.Command(psql, "-X", "-A", "-t", "-w", "-c", "select current_user")
+	cmd.Env = []string{"PGHOST=" + host, "PGPORT=" + port, "PGDATABASE=postgres", "PGSSLMODE=disable", "PGPASSWORD=" + pw, "PGCONNECT_TIMEOUT=20"}
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != alice.UPN {
+		t.Errorf("psql: %v: %s", err, out)
+	}
+}

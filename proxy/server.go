@@ -190,6 +190,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	cfg.TLSConfig = clientTLS(cfg.TLSConfig)
 	local, err := setupLocalAuth(&cfg, log)
 	if err != nil {
 		return nil, err

@@ -43,6 +43,18 @@ const alpnPostgreSQL = "postgresql"
 // closed, as PostgreSQL closes it.
 var errNoDirectTLS = errors.New("a client opened with TLS directly (sslnegotiation=direct), but the proxy offers no TLS to clients (--tls-cert)")
 
+// clientTLS returns a copy of the TLS config offered to clients, with the
+// ALPN protocol "postgresql" as PostgreSQL 17 offers it: a client asking
+// for another protocol fails the handshake. Nil stays nil.
+func clientTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	c = c.Clone()
+	c.NextProtos = []string{alpnPostgreSQL}
+	return c
+}
+
 // clientHello is what a client opened its connection for: a session
 // (startup) or a cancel request (cancel).
 type clientHello struct {
