@@ -188,8 +188,11 @@ func (a *localAuth) checkSCRAM(conn net.Conn, w *bufio.Writer, user string) erro
 		return &clientError{code: "08P01", msg: "malformed SCRAM message"}
 	}
 	serverFinal, err := conv.Step(string(final.Data))
-	if err != nil || !conv.Valid() {
+	if err != nil {
 		return scramError(serverFinal, user)
+	}
+	if !conv.Valid() {
+		return passwordFailed(user)
 	}
 	msg, err := (&pgproto3.AuthenticationSASLFinal{Data: []byte(serverFinal)}).Encode(nil)
 	if err != nil {
