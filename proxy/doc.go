@@ -6,8 +6,10 @@
 //
 // A client connects to the proxy as to any PostgreSQL server. The proxy
 // reads its startup message (answering SSLRequest with TLS when
-// Config.TLSConfig is set, else 'N', and GSSENCRequest with 'N'), checks
-// the optional local password, and logs in to the upstream server with
+// Config.TLSConfig is set, else 'N', and GSSENCRequest with 'N'; a client
+// opening with TLS at once, PostgreSQL 17's direct TLS, gets it too, with
+// ALPN "postgresql"), checks the optional local password (with
+// SCRAM-SHA-256 unless Config.LocalAuth says otherwise), and logs in to the upstream server with
 // pgconn: a token from the Config.TokenSource (one cache for every session)
 // as the password, the token's principal as the user (unless Config.User
 // or the upstream connection string names one), the client's database and

@@ -66,14 +66,29 @@ type Config struct {
 	// a role that does not exist. False: the client's user name is
 	// ignored, and a one-line notice is logged when it differs.
 	StrictUser bool
-	// LocalPassword, if set, is a password every client must give (asked
-	// for in cleartext on the client's connection to the proxy) before the
-	// proxy logs in upstream, so other local users cannot borrow the
-	// identity. Empty: any client that can connect gets a session.
+	// LocalPassword, if set, is a password every client must give before
+	// the proxy logs in upstream, so other local users cannot borrow the
+	// identity; how is LocalAuth's. New keeps SCRAM credentials derived
+	// from it, not the password itself (unless LocalAuth is
+	// LocalAuthPassword). Empty: any client that can connect gets a
+	// session.
 	LocalPassword string
+	// LocalAuth is how clients give LocalPassword: LocalAuthSCRAM
+	// ("scram-sha-256", the default when empty), where the password never
+	// crosses the client's connection (SCRAM-SHA-256, and
+	// SCRAM-SHA-256-PLUS with channel binding over TLS when TLSConfig has
+	// one certificate), or LocalAuthPassword ("password"): in cleartext,
+	// for clients that cannot do SCRAM (very old drivers); a warning is
+	// logged when it is used without TLSConfig.
+	LocalAuth string
 	// TLSConfig, if set, is the server side TLS configuration offered to
-	// clients that send SSLRequest. Nil: clients are told TLS is not
-	// available ('N') and talk to the proxy in plaintext.
+	// clients: those that send SSLRequest, and those that open with a TLS
+	// handshake at once (PostgreSQL 17's direct TLS, sslnegotiation=direct),
+	// which must ask for ALPN "postgresql" as PostgreSQL requires. New
+	// uses a copy whose NextProtos is "postgresql", so a client asking
+	// for another ALPN protocol is refused. Nil: clients are told TLS is
+	// not available ('N') and talk to the proxy in plaintext; a direct
+	// TLS client is refused (its connection closed).
 	TLSConfig *tls.Config
 	// MaxConnections limits the open sessions; a client over the limit
 	// gets SQLSTATE 53300. It also limits the connections still in
@@ -103,10 +118,11 @@ type Config struct {
 // server with an Entra token and relays the session. Create one with New,
 // start it with Serve, stop it with Shutdown or Close.
 type Server struct {
-	cfg  Config
-	base *pgx.ConnConfig
-	log  *slog.Logger
-	keys cancelKeys
+	cfg   Config
+	base  *pgx.ConnConfig
+	local *localAuth // the local password's check; nil without one
+	log   *slog.Logger
+	keys  cancelKeys
 
 	// ctx ends when sessions are closed by force, ending upstream logins
 	// and cancel requests in flight.
@@ -189,9 +205,14 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	cfg.TLSConfig = clientTLS(cfg.TLSConfig)
+	local, err := setupLocalAuth(&cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
-		cfg: cfg, base: base, log: log, ctx: ctx, cancel: cancel,
+		cfg: cfg, base: base, local: local, log: log, ctx: ctx, cancel: cancel,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[net.Conn]struct{}{},
 		idle:      make(chan struct{}),
@@ -452,7 +473,10 @@ func (s *Server) serveConn(raw net.Conn) {
 	_ = raw.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
 	hello, err := readHello(raw, s.cfg.TLSConfig)
 	if err != nil {
-		s.refuse(raw, nil, 0, err)
+		s.refuse(hello.conn, nil, 0, err)
+		if hello.tls {
+			hello.conn.Close()
+		}
 		return
 	}
 	if hello.cancel == nil && s.isDraining() {
@@ -491,8 +515,8 @@ func (s *Server) serveSession(h *clientHello, leaveStartup func()) {
 			_, _ = w.Write(msg)
 		}
 	}
-	if s.cfg.LocalPassword != "" {
-		if err := checkPassword(conn, w, clientUser, s.cfg.LocalPassword); err != nil {
+	if s.local != nil {
+		if err := s.local.authenticate(conn, w, clientUser); err != nil {
 			s.refuse(conn, w, id, failedAs(FailLocalAuth, err))
 			return
 		}

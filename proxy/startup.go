@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
@@ -28,6 +29,32 @@ const maxStartupLen = 10000
 // maxPasswordLen bounds the password message of the local password.
 const maxPasswordLen = 1000
 
+// tlsRecordHandshake is the first byte of a TLS ClientHello: a client
+// opening with it wants TLS at once (PostgreSQL 17's direct TLS,
+// sslnegotiation=direct). A startup packet's first byte is the high byte
+// of its length, always 0.
+const tlsRecordHandshake = 0x16
+
+// alpnPostgreSQL is the ALPN protocol of PostgreSQL over TLS.
+const alpnPostgreSQL = "postgresql"
+
+// errNoDirectTLS refuses a direct TLS client when the proxy has no TLS
+// config. The client is told nothing (it expects TLS): the connection is
+// closed, as PostgreSQL closes it.
+var errNoDirectTLS = errors.New("a client opened with TLS directly (sslnegotiation=direct), but the proxy offers no TLS to clients (--tls-cert)")
+
+// clientTLS returns a copy of the TLS config offered to clients, with the
+// ALPN protocol "postgresql" as PostgreSQL 17 offers it: a client asking
+// for another protocol fails the handshake. Nil stays nil.
+func clientTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	c = c.Clone()
+	c.NextProtos = []string{alpnPostgreSQL}
+	return c
+}
+
 // clientHello is what a client opened its connection for: a session
 // (startup) or a cancel request (cancel).
 type clientHello struct {
@@ -39,43 +66,60 @@ type clientHello struct {
 
 // readHello reads a client's first packets: SSLRequest and GSSENCRequest
 // are answered ('S' with a TLS config, else 'N') until a StartupMessage or a
-// CancelRequest arrives. Packets are read with exact lengths, never ahead,
-// so no byte of the client's is left in a buffer when the relay starts.
+// CancelRequest arrives. A client opening with a TLS handshake instead
+// (direct TLS) gets one if there is a TLS config and it asks for ALPN
+// "postgresql", as PostgreSQL 17 requires. Packets are read with exact
+// lengths, never ahead, so no byte of the client's is left in a buffer
+// when the relay starts. The returned hello is never nil: on an error, its
+// conn is the one to answer on (TLS once the handshake is done).
 func readHello(conn net.Conn, tlsConfig *tls.Config) (*clientHello, error) {
 	h := &clientHello{conn: conn}
+	var first [1]byte
+	if _, err := io.ReadFull(conn, first[:]); err != nil {
+		return h, err
+	}
+	next := io.MultiReader(bytes.NewReader(first[:]), conn) // the first packet, with its first byte
+	if first[0] == tlsRecordHandshake {
+		if err := h.directTLS(first[0], tlsConfig); err != nil {
+			return h, err
+		}
+		next = h.conn
+	}
 	triedSSL, triedGSS := false, false
 	for {
-		body, err := readStartupPacket(h.conn)
+		body, err := readStartupPacket(next)
 		if err != nil {
-			return nil, err
+			return h, err
 		}
+		next = h.conn
 		code := binary.BigEndian.Uint32(body)
 		switch {
 		case code == codeSSLRequest && !triedSSL && !h.tls:
 			triedSSL = true
 			if tlsConfig == nil {
 				if _, err := h.conn.Write([]byte{'N'}); err != nil {
-					return nil, err
+					return h, err
 				}
 				continue
 			}
 			if _, err := h.conn.Write([]byte{'S'}); err != nil {
-				return nil, err
+				return h, err
 			}
 			tc := tls.Server(h.conn, tlsConfig)
 			if err := tc.Handshake(); err != nil {
-				return nil, fmt.Errorf("client TLS handshake: %w", err)
+				return h, fmt.Errorf("client TLS handshake: %w", err)
 			}
 			h.conn, h.tls = tc, true
+			next = tc
 		case code == codeGSSENCRequest && !triedGSS && !h.tls:
 			triedGSS = true
 			if _, err := h.conn.Write([]byte{'N'}); err != nil {
-				return nil, err
+				return h, err
 			}
 		case code == codeCancelRequest:
 			var req pgproto3.CancelRequest
 			if err := req.Decode(body); err != nil {
-				return nil, err
+				return h, err
 			}
 			h.cancel = &req
 			return h, nil
@@ -87,15 +131,51 @@ func readHello(conn net.Conn, tlsConfig *tls.Config) (*clientHello, error) {
 			}
 			var msg pgproto3.StartupMessage
 			if err := msg.Decode(body); err != nil {
-				return nil, err
+				return h, err
 			}
 			msg.ProtocolVersion = code
 			h.startup = &msg
 			return h, nil
 		default:
-			return nil, &clientError{code: "08P01", msg: fmt.Sprintf("unsupported frontend protocol or request code %d", code)}
+			return h, &clientError{code: "08P01", msg: fmt.Sprintf("unsupported frontend protocol or request code %d", code)}
 		}
 	}
+}
+
+// directTLS completes the TLS handshake a client started at once, whose
+// first byte was read. Without a TLS config the client is refused; a
+// client that did not ask for ALPN "postgresql" is refused after the
+// handshake, with an error it can read, as PostgreSQL 17 refuses it.
+func (h *clientHello) directTLS(first byte, tlsConfig *tls.Config) error {
+	if tlsConfig == nil {
+		return errNoDirectTLS
+	}
+	tc := tls.Server(&prefixConn{Conn: h.conn, prefix: []byte{first}}, tlsConfig)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("client TLS handshake (direct TLS): %w", err)
+	}
+	h.conn, h.tls = tc, true
+	if tc.ConnectionState().NegotiatedProtocol != alpnPostgreSQL {
+		return &clientError{code: "08P01", msg: "received direct SSL connection request without ALPN protocol negotiation extension",
+			hint: `A client opening with TLS directly (sslnegotiation=direct) must ask for ALPN "postgresql".`}
+	}
+	return nil
+}
+
+// prefixConn is a connection whose first bytes were already read: Read
+// returns them first.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // readStartupPacket reads one length-prefixed startup packet and returns
@@ -140,8 +220,9 @@ func negotiation(msg *pgproto3.StartupMessage) (*pgproto3.NegotiateProtocolVersi
 }
 
 // checkPassword asks the client for its password in cleartext and compares
-// it with want in constant time. The client's connection is the proxy's
-// own (loopback, a unix socket, or TLS), not the network to the server.
+// it with want in constant time (LocalAuthPassword). The client's
+// connection is the proxy's own (loopback, a unix socket, or TLS), not the
+// network to the server.
 func checkPassword(conn net.Conn, w *bufio.Writer, user, want string) error {
 	msg, err := (&pgproto3.AuthenticationCleartextPassword{}).Encode(nil)
 	if err != nil {
@@ -171,7 +252,7 @@ func checkPassword(conn net.Conn, w *bufio.Writer, user, want string) error {
 	}
 	got, exp := sha256.Sum256([]byte(pm.Password)), sha256.Sum256([]byte(want))
 	if subtle.ConstantTimeCompare(got[:], exp[:]) != 1 {
-		return &clientError{code: "28P01", msg: fmt.Sprintf("password authentication failed for user %q", user), detail: "The proxy's local password (--local-password-file) did not match."}
+		return passwordFailed(user)
 	}
 	return nil
 }

@@ -50,7 +50,14 @@ Proxy flags:
   --strict-user             refuse clients whose user name is not the upstream
                             user (SQLSTATE 28000), instead of ignoring it
   --local-password-file F   clients must give the password in F (first line)
-  --tls-cert F, --tls-key F offer TLS to clients with this certificate and key
+  --local-auth METHOD       how clients give that password: scram-sha-256
+                            (default: it never crosses the connection; with
+                            channel binding over TLS), or password (in
+                            cleartext, for clients that cannot do SCRAM, such
+                            as very old drivers; use it with --tls-cert)
+  --tls-cert F, --tls-key F offer TLS to clients with this certificate and key,
+                            after SSLRequest or directly (PostgreSQL 17's
+                            sslnegotiation=direct, with ALPN "postgresql")
   --max-connections N       at most N sessions at once, and N (at least 10)
                             connections in startup (default 100; 0: no limit)
   --sslmode MODE            TLS to the upstream: verify-full (default), verify-ca,
@@ -107,11 +114,14 @@ Examples:
   psql "host=127.0.0.1 dbname=postgres"     # in another terminal; no password
   pgentra proxy --credential managed-identity --upstream mysrv.postgres.database.azure.com \
       --listen 127.0.0.1:6432 --local-password-file ~/.pgentra-proxy-password
+  pgentra proxy --upstream mysrv.postgres.database.azure.com --local-password-file pw \
+      --local-auth password --tls-cert proxy.crt --tls-key proxy.key   # an old driver
 `
 
 // proxyOptions are the flags of pgentra proxy.
 type proxyOptions struct {
 	upstream, listen, unixSocket, user, passwordFile string
+	localAuth                                        string
 	tlsCert, tlsKey, sslmode, sslrootcert            string
 	allowRemote, strictUser                          bool
 	maxConns                                         int
@@ -134,6 +144,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.StringVar(&po.user, "user", "", "")
 	fs.BoolVar(&po.strictUser, "strict-user", false, "")
 	fs.StringVar(&po.passwordFile, "local-password-file", "", "")
+	fs.StringVar(&po.localAuth, "local-auth", proxy.LocalAuthSCRAM, "")
 	fs.StringVar(&po.tlsCert, "tls-cert", "", "")
 	fs.StringVar(&po.tlsKey, "tls-key", "", "")
 	fs.IntVar(&po.maxConns, "max-connections", 100, "")
@@ -285,6 +296,14 @@ func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []ne
 			return nil, nil, err
 		}
 	}
+	switch po.localAuth {
+	case proxy.LocalAuthSCRAM, proxy.LocalAuthPassword:
+	default:
+		return nil, nil, fmt.Errorf("%w: --local-auth must be scram-sha-256 or password, not %q", errUsage, po.localAuth)
+	}
+	if po.localAuth == proxy.LocalAuthPassword && po.passwordFile == "" {
+		return nil, nil, fmt.Errorf("%w: --local-auth password needs --local-password-file", errUsage)
+	}
 	if (po.tlsCert == "") != (po.tlsKey == "") {
 		return nil, nil, fmt.Errorf("%w: --tls-cert and --tls-key go together", errUsage)
 	}
@@ -329,6 +348,7 @@ func (po *proxyOptions) start(o *options, log *slog.Logger) (*proxy.Server, []ne
 		TokenSource:    t.ts,
 		User:           user,
 		StrictUser:     po.strictUser,
+		LocalAuth:      po.localAuth,
 		MaxConnections: po.maxConns,
 		ConnectTimeout: o.timeout,
 		Logger:         log,

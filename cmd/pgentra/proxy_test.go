@@ -420,6 +420,8 @@ func TestProxyFlags(t *testing.T) {
 		{[]string{"--upstream", "srv.example", "--listen", ":6432"}, "not a loopback address"},
 		{[]string{"--upstream", "srv.example", "--sslmode", "disable"}, "--sslmode"},
 		{[]string{"--upstream", "srv.example", "--tls-cert", "c.pem"}, "go together"},
+		{[]string{"--upstream", "srv.example", "--local-auth", "md5"}, "--local-auth must be scram-sha-256 or password"},
+		{[]string{"--upstream", "srv.example", "--local-auth", "password"}, "--local-auth password needs --local-password-file"},
 		{[]string{"--upstream", "srv.example", "--listen="}, "nothing to listen on"},
 		{[]string{"--credential", "cli"}, "--upstream is required"},
 		{[]string{"--upstream", "srv.example", "extra"}, "unexpected argument"},
@@ -430,7 +432,8 @@ func TestProxyFlags(t *testing.T) {
 		}
 	}
 	r := pgentra(t, env, "proxy", "--help")
-	if r.code != 0 || !strings.Contains(r.stdout, "--upstream") || !strings.Contains(r.stdout, "--credential") {
+	if r.code != 0 || !strings.Contains(r.stdout, "--upstream") || !strings.Contains(r.stdout, "--credential") ||
+		!strings.Contains(r.stdout, "--local-auth METHOD") || !strings.Contains(r.stdout, "sslnegotiation=direct") {
 		t.Errorf("pgentra proxy --help: %+v", r)
 	}
 	if r := pgentra(t, env, "help"); !strings.Contains(r.stdout, "pgentra proxy") {
