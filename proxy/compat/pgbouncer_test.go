@@ -40,9 +40,15 @@ func TestPgbouncerTransactionPoolingRotatingTokens(t *testing.T) {
 		clients        = 200
 		poolSize       = 10
 		serverLifetime = 2 * time.Second
-		tokenLife      = 4 * time.Second
-		runFor         = 15 * time.Second
-		localPassword  = "local-app-password" // pgbouncer's own client login, not Entra
+		// Tokens this short are used until a tenth of their life before
+		// expiry, and the emulator allows 1 s of clock skew: 1.8 s from a
+		// token's last hand-out to the server's check. With 4 s tokens
+		// (1.4 s), a login slowed by -race on a loaded 2-core machine
+		// could reach the server after the token expired; an hour-long
+		// token has 30 s.
+		tokenLife     = 8 * time.Second
+		runFor        = 15 * time.Second
+		localPassword = "local-app-password" // pgbouncer's own client login, not Entra
 	)
 	bin := needPgbouncer(t)
 	pg := sharedPG.Get(t)
@@ -174,7 +180,7 @@ server_lifetime = %d
 	if st.TotalRejected() != 0 || st.PlaintextPasswords != 0 {
 		t.Errorf("upstream refused logins %v, plaintext passwords %d; want none", st.Rejected, st.PlaintextPasswords)
 	}
-	// Tokens live 4 s over 15 s: at least 3 of them logged in.
+	// Tokens live 8 s, refreshed from 3.2 s on, over 15 s: at least 3 of them logged in.
 	if st.DistinctTokens < 3 {
 		t.Errorf("upstream saw %d distinct tokens; want at least 3 as they rotate", st.DistinctTokens)
 	}
