@@ -10,8 +10,9 @@ import (
 // every Azure Database for PostgreSQL server has). It then closes the
 // connection. The wait is bounded by ctx and by Config.ConnectTimeout.
 // A success counts in Stats.LastLogin and Stats.Logins, not as a session;
-// a failure is returned and counted nowhere. Its error never holds the
-// token.
+// a failure is returned and counted nowhere. A login the server refused
+// is an *entraauth.LoginError (see entraauth.Explain). Its error never
+// holds the token.
 //
 // It is the check behind pgentra proxy's --run-connection-test and
 // /readiness.
@@ -24,7 +25,7 @@ func (s *Server) CheckUpstream(ctx context.Context) error {
 	}
 	up, err := s.dialUpstream(ctx, nil, database, map[string]string{"application_name": "pgentra proxy check"})
 	if err != nil {
-		return err
+		return s.explain(err)
 	}
 	// A Terminate first, so the server logs a clean end rather than an
 	// unexpected EOF.

@@ -657,7 +657,7 @@ func (s *Server) refuse(conn net.Conn, w *bufio.Writer, id uint64, err error) {
 	}
 	// A login the server refused is logged as entraauth.Explain reads it:
 	// the user sent, where it came from, the token's principal, the fix.
-	attrs := []any{"client", addrString(conn.RemoteAddr()), "reason", string(failureReason(err)), "error", oneLine(entraauth.Explain(err).Error())}
+	attrs := []any{"client", addrString(conn.RemoteAddr()), "reason", string(failureReason(err)), "error", oneLine(s.explain(err).Error())}
 	if id != 0 {
 		attrs = append([]any{"session", id}, attrs...)
 	}
@@ -681,4 +681,18 @@ func addrString(a net.Addr) string {
 		return "unix socket"
 	}
 	return a.String()
+}
+
+// upstreamUserSource is where a login's user name came from when Config.User
+// set it: entraauth sees it only as written in the upstream connection
+// string.
+const upstreamUserSource = "the proxy's upstream user (Config.User, pgentra proxy's --user, or the Service Connector user)"
+
+// explain is entraauth.Explain for an upstream login: a refused login says
+// the user sent, where it came from, the token's principal and the fix.
+func (s *Server) explain(err error) error {
+	if s.cfg.User != "" {
+		return entraauth.ExplainUserSource(err, upstreamUserSource)
+	}
+	return entraauth.Explain(err)
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgentra/entraauth"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -145,6 +147,12 @@ func TestCheckUpstream(t *testing.T) {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || FailureReasonOf(err) != FailUpstreamLogin {
 		t.Errorf("CheckUpstream as a user the token is not for: %v (%s); want 28P01, upstream_login", err, FailureReasonOf(err))
+	}
+	// Explained, with the user's source the proxy knows.
+	var le *entraauth.LoginError
+	if !errors.As(err, &le) || le.User != bob.UPN || le.UserSource != upstreamUserSource ||
+		!strings.Contains(le.Fix, "Remove the user name from the proxy's upstream user") {
+		t.Errorf("CheckUpstream's error is not explained with the proxy's user source: %#v", le)
 	}
 	if err != nil && strings.Contains(err.Error(), tok) {
 		t.Error("the error holds the token")
