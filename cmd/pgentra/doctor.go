@@ -135,49 +135,22 @@ func newDoctor(o *options, args []string) (*doctor, error) {
 	if pa.infoOnly {
 		return nil, fmt.Errorf("%w: -V and -? are psql's; run \"pgentra doctor --help\"", errUsage)
 	}
-	set := map[string]string{}
-	getenv := func(k string) string {
-		if v, ok := set[k]; ok {
-			return v
-		}
-		return os.Getenv(k)
-	}
-	pc, err := newPsqlConn(pa, getenv)
-	if err != nil {
-		return nil, err
-	}
-	hint, _ := pc.lookup("host")
-	hint, _, _ = strings.Cut(hint, ",")
 	d := &doctor{o: o, authLines: listenAuthLog()}
 	// The credential is built while listening: a managed identity
 	// credential says at construction which endpoint it will use.
-	t, err := o.resolve(hint)
+	n, err := resolveNamedServer(o, pa)
 	if err != nil {
 		d.authLines.stop()
 		return nil, err
 	}
-	if t.ts == nil {
+	if n.t.ts == nil {
 		d.authLines.stop()
-		return nil, t.passwordModeError()
+		return nil, n.t.passwordModeError()
 	}
-	d.t = t
-	if o.host != "" {
-		set["PGHOST"] = o.host
-	}
-	if ec := t.env; ec != nil {
-		for k, v := range map[string]string{"PGHOST": ec.Host, "PGPORT": ec.Port, "PGDATABASE": ec.Database} {
-			if v != "" && getenv(k) == "" {
-				set[k] = v
-			}
-		}
-	}
-	notice, err := pc.secureSSLMode(set)
-	if err != nil {
-		d.authLines.stop()
-		return nil, err
-	}
-	if notice != "" {
-		d.notices = append(d.notices, notice)
+	d.t = n.t
+	pc := n.pc
+	if n.notice != "" {
+		d.notices = append(d.notices, n.notice)
 	}
 	if err := d.readConn(pc); err != nil {
 		d.authLines.stop()

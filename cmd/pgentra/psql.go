@@ -68,41 +68,13 @@ func runPsql(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return execPsql(psqlPath, pa.args, os.Environ(), stdout, stderr)
 	}
 
-	// set holds the variables pgentra gives psql; the settings read them
-	// before the process environment.
-	set := map[string]string{}
-	getenv := func(k string) string {
-		if v, ok := set[k]; ok {
-			return v
-		}
-		return os.Getenv(k)
-	}
-	pc, err := newPsqlConn(pa, getenv)
+	n, err := resolveNamedServer(&o, pa)
 	if err != nil {
 		return fail(stderr, "psql", err)
 	}
-	hint, _ := pc.lookup("host")
-	hint, _, _ = strings.Cut(hint, ",")
-	t, err := o.resolve(hint)
-	if err != nil {
-		return fail(stderr, "psql", err)
-	}
-	if o.host != "" {
-		set["PGHOST"] = o.host
-	}
-	if ec := t.env; ec != nil {
-		for k, v := range map[string]string{"PGHOST": ec.Host, "PGPORT": ec.Port, "PGDATABASE": ec.Database} {
-			if v != "" && getenv(k) == "" {
-				set[k] = v
-			}
-		}
-	}
-	notice, err := pc.secureSSLMode(set)
-	if err != nil {
-		return fail(stderr, "psql", err)
-	}
-	if notice != "" {
-		fmt.Fprintf(stderr, "pgentra psql: %s\n", notice)
+	pc, t, set := n.pc, n.t, n.set
+	if n.notice != "" {
+		fmt.Fprintf(stderr, "pgentra psql: %s\n", n.notice)
 	}
 	mode, _ := pc.lookup("sslmode")
 	if rootCert, _ := pc.lookup("sslrootcert"); strings.HasPrefix(mode, "verify-") && rootCert == "" && !userRootCertExists() {

@@ -222,3 +222,56 @@ func (pc *psqlConn) anyTCP() bool {
 	}
 	return false
 }
+
+// namedServer is a server named the way psql names it (arguments, then
+// the environment), with the variables pgentra sets on top, and the
+// credential to log in with: what pgentra psql and pgentra doctor share.
+type namedServer struct {
+	pc *psqlConn
+	// set holds the variables pgentra sets (for psql); the settings read
+	// them before the process environment.
+	set map[string]string
+	t   *target
+	// notice says how the sslmode was raised, if it was.
+	notice string
+}
+
+// getenv reads a variable pgentra sets, else the environment's.
+func (n *namedServer) getenv(k string) string {
+	if v, ok := n.set[k]; ok {
+		return v
+	}
+	return os.Getenv(k)
+}
+
+// resolveNamedServer reads psql's arguments and environment, resolves the
+// credential and the Service Connector variables (--host, then the
+// variables' host, port and database where the environment names none),
+// and makes the sslmode one that never sends a token in cleartext.
+func resolveNamedServer(o *options, pa psqlArgs) (*namedServer, error) {
+	n := &namedServer{set: map[string]string{}}
+	pc, err := newPsqlConn(pa, n.getenv)
+	if err != nil {
+		return nil, err
+	}
+	n.pc = pc
+	hint, _ := pc.lookup("host")
+	hint, _, _ = strings.Cut(hint, ",")
+	if n.t, err = o.resolve(hint); err != nil {
+		return nil, err
+	}
+	if o.host != "" {
+		n.set["PGHOST"] = o.host
+	}
+	if ec := n.t.env; ec != nil {
+		for k, v := range map[string]string{"PGHOST": ec.Host, "PGPORT": ec.Port, "PGDATABASE": ec.Database} {
+			if v != "" && n.getenv(k) == "" {
+				n.set[k] = v
+			}
+		}
+	}
+	if n.notice, err = pc.secureSSLMode(n.set); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
