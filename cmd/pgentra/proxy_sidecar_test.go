@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -173,41 +172,6 @@ func TestProxyHealthConnectionTest(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST /readiness: %d; want 405", resp.StatusCode)
 	}
-}
-
-// startProxyCmdUntil starts the proxy and waits for a log line matching
-// re, rather than for it to listen.
-func startProxyCmdUntil(t *testing.T, env []string, re *regexp.Regexp, args ...string) *proxyProc {
-	t.Helper()
-	p := &proxyProc{stderr: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(pgentraBin, append([]string{"proxy"}, args...)...)
-	p.cmd.Env = env
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if strings.Contains(p.stderr.String(), "eyJ") {
-			t.Errorf("the proxy logged something like a token: %s", p.stderr.String())
-		}
-		if t.Failed() {
-			t.Logf("proxy stderr:\n%s", p.stderr.String())
-		}
-	})
-	waitUntil(t, "the proxy's log to match "+re.String(), func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("pgentra proxy exited: %s", p.stderr.String())
-		default:
-		}
-		return re.MatchString(p.stderr.String())
-	})
-	return p
 }
 
 // /readiness turns 503 when the token has expired and the credential

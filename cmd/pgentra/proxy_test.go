@@ -63,6 +63,18 @@ func startProxyCmd(t *testing.T, env []string, args ...string) *proxyProc {
 	if !hasListen {
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
+	p := startProxyCmdUntil(t, env, listeningRE, args...)
+	m := listeningRE.FindStringSubmatch(p.stderr.String())
+	if h, port, err := net.SplitHostPort(m[1]); err == nil {
+		p.host, p.port = h, port
+	}
+	return p
+}
+
+// startProxyCmdUntil starts the proxy and waits for a log line matching
+// re, rather than for it to listen.
+func startProxyCmdUntil(t *testing.T, env []string, re *regexp.Regexp, args ...string) *proxyProc {
+	t.Helper()
 	p := &proxyProc{stderr: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(pgentraBin, append([]string{"proxy"}, args...)...)
 	p.cmd.Env = env
@@ -83,22 +95,15 @@ func startProxyCmd(t *testing.T, env []string, args ...string) *proxyProc {
 			t.Logf("proxy stderr:\n%s", p.stderr.String())
 		}
 	})
-	deadline := time.After(60 * time.Second)
-	for {
-		if m := listeningRE.FindStringSubmatch(p.stderr.String()); m != nil {
-			if h, port, err := net.SplitHostPort(m[1]); err == nil {
-				p.host, p.port = h, port
-			}
-			return p
-		}
+	waitUntil(t, "the proxy's log to match "+re.String(), func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("pgentra proxy exited: %s", p.stderr.String())
-		case <-deadline:
-			t.Fatalf("pgentra proxy did not start listening: %s", p.stderr.String())
-		case <-time.After(10 * time.Millisecond):
+		default:
 		}
-	}
+		return re.MatchString(p.stderr.String())
+	})
+	return p
 }
 
 // stop sends SIGTERM and waits for the proxy to exit; it returns the exit
