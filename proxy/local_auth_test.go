@@ -232,23 +232,32 @@ func TestLocalSCRAMPsqlChannelBinding(t *testing.T) {
 	}
 }
 
+// startRaw opens a raw connection to addr and sends a protocol 3.0
+// startup message for user; the connection is closed at the end of the
+// test.
+func startRaw(t *testing.T, addr, user string) *pgproto3.Frontend {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	fe := pgproto3.NewFrontend(c, c)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": user, "database": "postgres"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return fe
+}
+
 // rawLogin opens a connection as a client that can only send its password
 // in cleartext: it answers any authentication request with a
 // PasswordMessage. It returns the messages up to ReadyForQuery or an
 // ErrorResponse.
 func rawLogin(t *testing.T, addr, password string) []pgproto3.BackendMessage {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	fe := pgproto3.NewFrontend(c, c)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "old-driver", "database": "postgres"}})
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	fe := startRaw(t, addr, "old-driver")
 	var msgs []pgproto3.BackendMessage
 	for {
 		m, err := fe.Receive()
@@ -337,15 +346,7 @@ func TestLocalSCRAMMalformed(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", f.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(time.Minute))
-			fe := pgproto3.NewFrontend(c, c)
-			fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "x", "database": "postgres"}})
-			_ = fe.Flush()
+			fe := startRaw(t, f.addr, "x")
 			for _, m := range tc.send {
 				if _, err := fe.Receive(); err != nil { // AuthenticationSASL, then SASLContinue
 					t.Fatal(err)
@@ -376,15 +377,7 @@ func TestLocalSCRAMMalformed(t *testing.T) {
 // startup deadline.
 func TestLocalSCRAMStartupTimeout(t *testing.T) {
 	f := newFixture(t, Config{LocalPassword: localPassword, StartupTimeout: 200 * time.Millisecond})
-	c, err := net.Dial("tcp", f.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Minute))
-	fe := pgproto3.NewFrontend(c, c)
-	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "x", "database": "postgres"}})
-	_ = fe.Flush()
+	fe := startRaw(t, f.addr, "x")
 	if m, err := fe.Receive(); err != nil {
 		t.Fatal(err)
 	} else if _, ok := m.(*pgproto3.AuthenticationSASL); !ok {
