@@ -125,11 +125,15 @@ func (e *LoginError) read(pe *pgconn.PgError, now time.Time) {
 		e.Reading = fmt.Sprintf("The server has no role %q.", e.User)
 		e.CreateRoleSQL = createRoleSQL(e.User, info)
 		e.Fix = "Ask an Entra administrator of the server to create it: " + e.CreateRoleSQL
-	case info.Name != "" && !strings.EqualFold(e.User, info.Name) && e.userNamed():
+	case info.Name != "" && !strings.EqualFold(e.User, info.Name):
+		from := e.UserSource
+		if from == "" {
+			from = "the application's connection settings"
+		}
 		e.Reading = fmt.Sprintf("The user name came from %s, but the token is for %s: Azure logs a token in only as the role created for the token's principal (its oid).",
-			e.UserSource, info.Name)
+			from, info.Name)
 		e.Fix = fmt.Sprintf("Remove the user name from %s, so that entraauth sends the token's (%q), or get a token for the principal role %q was created for.",
-			e.UserSource, info.Name, e.User)
+			from, info.Name, e.User)
 	case pe.Code == "28P01" || strings.Contains(msg, "authentication failed"):
 		e.CreateRoleSQL = createRoleSQL(e.User, info)
 		e.Reading = fmt.Sprintf("The server refused a valid-looking token for role %q: no role was created for this principal, or role %q was created for another principal (another oid), or Microsoft Entra authentication is not enabled on the server. Whether the role exists cannot be told from outside: Azure answers the same.",
@@ -139,12 +143,6 @@ func (e *LoginError) read(pe *pgconn.PgError, now time.Time) {
 		e.Reading = "The server refused the login (SQLSTATE " + pe.Code + ")."
 		e.Fix = "Read the server's message above; pgentra doctor checks each step of the login."
 	}
-}
-
-// userNamed reports whether the user name was named by the application or
-// its environment rather than taken from the token.
-func (e *LoginError) userNamed() bool {
-	return e.UserSource != "" && !strings.HasPrefix(e.UserSource, "the token") && !strings.HasPrefix(e.UserSource, "the managed identity")
 }
 
 // createRoleSQL is the SQL that creates a role for the token's principal.

@@ -17,6 +17,8 @@ func TestLoginErrorReadings(t *testing.T) {
 		Audience: "https://ossrdbms-aad.database.windows.net", IssuedAt: now.Add(-time.Minute), ExpiresOn: now.Add(time.Hour)}
 	expired := user
 	expired.ExpiresOn = now.Add(-3 * time.Minute)
+	obrien := user
+	obrien.Name = "o'brien"
 	otherAud := user
 	otherAud.Audience = "https://management.azure.com"
 	for _, c := range []struct {
@@ -43,9 +45,11 @@ func TestLoginErrorReadings(t *testing.T) {
 			`role "a@contoso.com" does not exist`, `no role "a@contoso.com"`, "pgaadauth_create_principal('a@contoso.com', false, false)"},
 		{"named user not the token's", user, "the connection string", "b@contoso.com", "28P01",
 			`password authentication failed for user "b@contoso.com"`, "came from the connection string", "Remove the user name from the connection string"},
+		{"named user not the token's, source unknown", user, "", "b@contoso.com", "28P01",
+			`password authentication failed for user "b@contoso.com"`, "came from the application's connection settings", "the token's (\"a@contoso.com\")"},
 		{"missing role", user, "the token's upn claim", "a@contoso.com", "28P01",
 			`password authentication failed for user "a@contoso.com"`, "cannot be told from outside", "pgaadauth_create_principal('a@contoso.com'"},
-		{"quoting", user, "", "o'brien", "28P01",
+		{"quoting", obrien, "the token's upn claim", "o'brien", "28P01",
 			`password authentication failed for user "o'brien"`, "cannot be told", "pgaadauth_create_principal('o''brien', false, false)"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -37,7 +37,10 @@ func TestExplainUserSource(t *testing.T) {
 		t.Fatal("logged in as another principal's role")
 	}
 	var le *entraauth.LoginError
-	if !errors.As(entraauth.Explain(err), &le) || le.UserSource != "" || strings.Contains(le.Fix, "Remove the user name") {
+	// Without a source, the reading still says the name is not the
+	// token's, and offers no SQL creating a role for the wrong principal.
+	if !errors.As(entraauth.Explain(err), &le) || le.UserSource != "" || le.CreateRoleSQL != "" ||
+		!strings.Contains(le.Fix, "Remove the user name from the application's connection settings") {
 		t.Fatalf("Explain without a source: %+v", le)
 	}
 	if !errors.As(entraauth.ExplainUserSource(err, "-U"), &le) {
