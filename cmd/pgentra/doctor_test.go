@@ -138,6 +138,8 @@ func TestDoctor(t *testing.T) {
 				"not looked up: the host is an IP address", "host name: 127.0.0.1 verifies", "logged in as cli-identity"}},
 		{name: "no credential", env: f.doctorEnv(azLoggedOut.Dir()), args: cli, failStep: "credential",
 			want: []string{"az login", "· token", "· login"}},
+		{name: "no az on PATH", env: f.doctorEnv(azAlice.Dir(), "PATH="+t.TempDir()), args: cli, failStep: "credential",
+			want: []string{"executable not found", "fix: install the Azure CLI (az)"}},
 		{name: "wrong audience", env: f.doctorEnv(azAlice.Dir()), args: append(cli, "--scope", "https://management.azure.com/.default"), failStep: "token",
 			want: []string{"the token is for https://management.azure.com, not for Azure Database for PostgreSQL", "fix: ask for a token for https://ossrdbms-aad.database.windows.net/.default: drop --scope"}},
 		{name: "expired token", env: f.doctorEnv(expiredDir), args: cli, failStep: "token",

@@ -94,6 +94,9 @@ func (d *doctor) credentialFix(err error) string {
 	}
 	switch d.o.credential {
 	case "cli":
+		if strings.Contains(err.Error(), "executable not found") {
+			return "install the Azure CLI (az) and sign in with az login, or choose another credential with --credential"
+		}
 		return "sign in with az login (az account show says who is signed in), or choose another credential with --credential"
 	case "azd":
 		return "sign in with azd auth login, or choose another credential with --credential"
