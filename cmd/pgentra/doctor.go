@@ -68,6 +68,7 @@ Examples:
 var doctorFlags = func() map[string]bool {
 	m := maps.Clone(ourPsqlFlags)
 	m["output"], m["user"] = true, true
+	m["version"] = false // pgentra's: doctor runs no psql
 	return m
 }()
 

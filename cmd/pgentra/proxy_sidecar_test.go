@@ -506,7 +506,7 @@ func TestSubcommandVersion(t *testing.T) {
 	if want.code != 0 || want.stdout == "" {
 		t.Fatalf("pgentra version: %+v", want)
 	}
-	for _, args := range [][]string{{"proxy", "--version"}, {"proxy", "--upstream", "srv.example", "--version"}, {"token", "--version"}, {"user", "--version"}} {
+	for _, args := range [][]string{{"proxy", "--version"}, {"proxy", "--upstream", "srv.example", "--version"}, {"token", "--version"}, {"user", "--version"}, {"doctor", "--version"}, {"doctor", "--output", "json", "--version", "-h", "srv.example"}} {
 		r := pgentra(t, childEnv("PGENTRA_MAX_CONNECTIONS=bad"), args...)
 		if r.code != 0 || r.stdout != want.stdout || r.stderr != "" {
 			t.Errorf("pgentra %q: %+v; want %q", args, r, want.stdout)
