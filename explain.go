@@ -90,7 +90,7 @@ func Explain(err error) error {
 		return err // not a token: a password login, not ours to explain
 	}
 	le = &LoginError{Err: err, User: ce.Config.User, Token: info, ServerDetail: pe.Detail, ServerHint: pe.Hint}
-	le.UserSource = userSourceOf(le.User, info)
+	le.UserSource = userSourceOf(le.User, &le.Token)
 	le.read(pe, time.Now())
 	return le
 }
@@ -212,20 +212,18 @@ func rememberManagedIdentity(oid, name string) {
 	userSources.derived[oid] = name
 }
 
-func knownManagedIdentity(oid string) bool {
-	userSources.Lock()
-	defer userSources.Unlock()
-	_, ok := userSources.derived[oid]
-	return oid != "" && ok
-}
-
 // userSourceOf says where user, sent with a token for info's principal,
-// came from: a source remembered for the name, else the token.
-func userSourceOf(user string, info TokenInfo) string {
+// came from: a source remembered for the name, else the token. A
+// principal whose name entraauth found as a managed identity's is marked
+// as one in info.
+func userSourceOf(user string, info *TokenInfo) string {
 	userSources.Lock()
 	src, named := userSources.named[user]
 	mi, derived := userSources.derived[info.ObjectID]
 	userSources.Unlock()
+	if derived && info.ObjectID != "" {
+		info.Type = PrincipalManagedIdentity
+	}
 	switch {
 	case named:
 		return src

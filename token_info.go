@@ -32,8 +32,9 @@ type TokenInfo struct {
 	// identity.
 	AppID string
 	// Type is the principal's type: PrincipalUser, PrincipalManagedIdentity
-	// (a token with xms_mirid, or a principal whose name entraauth found
-	// as a managed identity's), or PrincipalApp.
+	// (a token with xms_mirid; a LoginError also says it of a principal
+	// whose name entraauth found as a managed identity's), or
+	// PrincipalApp.
 	Type string
 	// Audience (aud) is the resource the token is for; Azure Database for
 	// PostgreSQL wants https://ossrdbms-aad.database.windows.net (or its
@@ -84,8 +85,6 @@ func InspectToken(token string) (TokenInfo, error) {
 		info.Type = PrincipalManagedIdentity
 	case c.IdentityType == "user" || (c.IdentityType == "" && info.Name != ""):
 		info.Type = PrincipalUser
-	case knownManagedIdentity(c.ObjectID):
-		info.Type = PrincipalManagedIdentity
 	default:
 		info.Type = PrincipalApp
 	}
