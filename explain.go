@@ -95,6 +95,23 @@ func Explain(err error) error {
 	return le
 }
 
+// ExplainUserSource is Explain for a caller that knows where the user name
+// it sent came from, such as a command's -U flag, which entraauth did not
+// see: the reading and the fix take userSource into account. An empty
+// userSource keeps the one entraauth found.
+func ExplainUserSource(err error, userSource string) error {
+	err = Explain(err)
+	var le *LoginError
+	var pe *pgconn.PgError
+	if userSource == "" || !errors.As(err, &le) || le.UserSource == userSource || !errors.As(le.Err, &pe) {
+		return err
+	}
+	le.UserSource = userSource
+	le.Reading, le.Fix, le.CreateRoleSQL = "", "", ""
+	le.read(pe, time.Now())
+	return le
+}
+
 // Prefixes of Azure Database for PostgreSQL's messages for refused tokens.
 const (
 	azureTokenExpired  = "The access token has expired"
