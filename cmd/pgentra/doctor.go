@@ -9,8 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-
-	"github.com/pgentra/entraauth"
 )
 
 const doctorHelp = `Usage: pgentra doctor [flags] [--] [-h HOST] [-p PORT] [-U USER] [-d DBNAME | CONNSTRING]
@@ -224,16 +222,17 @@ func (d *doctor) run(ctx context.Context) *report {
 	rep.add(cred)
 	tokStep, info := d.tokenStep(tok)
 	rep.add(tokStep)
+	var typ string
+	if info != nil {
+		typ = info.Type
+	}
 	userStep, user := d.userStep(ctx, tok, info)
 	rep.add(userStep)
-	if info != nil {
+	if info != nil && info.Type != typ {
 		// Finding a managed identity's name tells its type, which its
 		// database token does not.
-		if again, err := entraauth.InspectToken(tok); err == nil && again.Type != info.Type {
-			tokStep.Summary = strings.Replace(tokStep.Summary, info.Type, again.Type, 1)
-			tokStep.setFact("type", again.Type)
-			*info = again
-		}
+		tokStep.Summary = strings.Replace(tokStep.Summary, typ, info.Type, 1)
+		tokStep.setFact("type", info.Type)
 	}
 	dns := d.dnsStep(ctx)
 	rep.add(dns)

@@ -189,7 +189,7 @@ func roundDur(d time.Duration) string {
 }
 
 // userStep says which database user name will be sent, and where it comes
-// from.
+// from. A name found as a managed identity's sets info's type.
 func (d *doctor) userStep(ctx context.Context, tok string, info *tokenInfo) (*step, string) {
 	if d.user != "" {
 		s := passed("user", fmt.Sprintf("%s, from %s", d.user, d.userFrom))
@@ -218,6 +218,7 @@ func (d *doctor) userStep(ctx context.Context, tok string, info *tokenInfo) (*st
 		s := failed("user", "no user name: the token has no upn, preferred_username or unique_name claim, and no managed identity's name was found", fix)
 		return s.fact("error", cliMessage("doctor", err)), ""
 	}
+	info.Type = entraauth.PrincipalManagedIdentity // a name found in xms_mirid is a managed identity's
 	from := "the managed identity's name (xms_mirid of an Azure Resource Manager token)"
 	return passed("user", fmt.Sprintf("%s, from %s", user, from)).fact("user", user).fact("from", from), user
 }
