@@ -65,27 +65,23 @@ func (d *doctor) loginStep(ctx context.Context, tok string, info *tokenInfo, use
 			fact("user", user).fact("database", db).fact("error", err.Error())
 	}
 	s := failed("login", fmt.Sprintf("the server refused the login: %s", pgErr.Message), "see the server's message and detail")
-	s.fact("user", user).fact("from", d.userFromFor(user, info)).fact("database", db)
-	s.fact("message", pgErr.Message).fact("detail", pgErr.Detail).fact("hint", pgErr.Hint).fact("sqlstate", pgErr.Code)
-	var le *entraauth.LoginError
-	if !errors.As(entraauth.ExplainUserSource(err, d.userFromFor(user, info)), &le) {
-		return s
+	// A user the doctor named (-U, PGUSER, --user, a service) has its
+	// source; one from the token, the library finds as a connection's.
+	source := ""
+	if d.user != "" {
+		source = d.userFrom
 	}
+	var le *entraauth.LoginError
+	if !errors.As(entraauth.ExplainUserSource(err, source), &le) {
+		s.fact("user", user).fact("database", db)
+		return s.fact("message", pgErr.Message).fact("detail", pgErr.Detail).fact("hint", pgErr.Hint).fact("sqlstate", pgErr.Code)
+	}
+	s.fact("user", user).fact("from", le.UserSource).fact("database", db)
+	s.fact("message", pgErr.Message).fact("detail", pgErr.Detail).fact("hint", pgErr.Hint).fact("sqlstate", pgErr.Code)
 	s.Fix = goOptionFlags("doctor").Replace(le.Fix)
 	s.fact("reading", goOptionFlags("doctor").Replace(le.Reading))
 	if pgErr.Code == "28P01" && !strings.Contains(le.Reading, "cannot be told from outside") {
 		s.fact("role exists?", fmt.Sprintf("cannot be told from outside: Azure answers the same for a role %q that does not exist and for one created for another principal", user))
 	}
 	return s.fact("create the role", le.CreateRoleSQL)
-}
-
-// userFromFor says where user came from.
-func (d *doctor) userFromFor(user string, info *tokenInfo) string {
-	if d.user != "" {
-		return d.userFrom
-	}
-	if info.Name == user {
-		return "the token's " + info.NameClaim + " claim"
-	}
-	return "the managed identity's name (xms_mirid of a Resource Manager token)"
 }
